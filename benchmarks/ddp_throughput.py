@@ -38,8 +38,8 @@ def worker(out: str, epochs: int) -> None:
     student = build_model("mlp", input_shape=(64,), num_classes=10, hidden=(512, 512))
     d = Distiller(student, EMATeacher(student, momentum=0.99), [Term("ce", CrossEntropy()), Term("kd", SoftTargetKD(2.0))])
 
-    def fit(n_epochs: int) -> float:
-        trainer = Trainer(d, data.train, epochs=n_epochs, batch_size=256, optimizer={"name": "sgd", "lr": 0.05},
+    def fit(distiller: Distiller, n_epochs: int) -> float:
+        trainer = Trainer(distiller, data.train, epochs=n_epochs, batch_size=256, optimizer={"name": "sgd", "lr": 0.05},
                           progress=False, tensorboard=False, device="cpu", log_every=1000)
         D.barrier()
         start = time.perf_counter()
@@ -47,11 +47,13 @@ def worker(out: str, epochs: int) -> None:
         D.barrier()
         return time.perf_counter() - start
 
-    fit(1)  # warm-up
-    seconds = fit(epochs)
+    fit(d, 1)  # warm-up
+    seconds = fit(d, epochs)
     if D.is_main():
         Path(out).write_text(json.dumps({"samples_per_s": epochs * 8192 / seconds, "seconds": seconds,
                                          "world_size": D.world_size(), "threads": torch.get_num_threads()}))
+    del d, student  # the distiller holds the DDP wrapper, which holds the process group
+    D.shutdown()
 
 
 def _free_port() -> int:

@@ -119,3 +119,39 @@ def test_fsdp_two_processes_match_one_process(tmp_path, single):
     """FSDP2 sharding of the student (the option for students that do not fit one device)."""
     _run(_config(tmp_path, epochs=4, distributed="fsdp"), tmp_path / "fsdp", 2)
     _assert_close_runs(single, tmp_path / "fsdp")
+
+
+def test_gam_sets_the_same_weight_on_every_rank(tmp_path):
+    """Each rank's gradient hooks see its own gradients; the masses are averaged over ranks so
+    that both ranks take the same share and modulate lambda identically (without the
+    all-reduce the histories differ from the first modulation on)."""
+    out = tmp_path / "histories.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "--master_addr=127.0.0.1", str(ROOT / "tests" / "scripts" / "gam_two_ranks.py"), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = json.loads(out.read_text())
+    assert len(rank0) == 4 and rank0 == rank1
+    assert rank0[-1][2] != rank0[0][2]  # lambda did move
+
+
+def test_gradnorm_two_processes_match_one_process(tmp_path):
+    """GradNorm weights come from the rank-averaged gradient, so they equal one process's."""
+    raw = yaml.safe_load(_config(tmp_path, epochs=2).read_text())
+    raw["objectives"] = [{"kind": "ce"}, {"name": "feat", "kind": "cosine",
+                                          "inputs": {"student": "student.layers.1", "teacher": "teacher.layers.1"}}]
+    raw["teacher"] = {"kind": "ema", "momentum": 0.5, "final_momentum": None}
+    raw["weighting"] = {"gradnorm": {"task": "ce", "ratios": {"feat": 0.5}, "params": "layers"}}
+    cfg = tmp_path / "gradnorm.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    _run(cfg, tmp_path / "one", 1)
+    _run(cfg, tmp_path / "two", 2)
+    keys = ("step", "loss", "ce", "feat", "weight/feat")
+    la = [{k: r[k] for k in keys} for r in read_metrics(tmp_path / "one") if r["split"] == "train"]
+    lb = [{k: r[k] for k in keys} for r in read_metrics(tmp_path / "two") if r["split"] == "train"]
+    assert len(la) == 16 and [r["step"] for r in la] == [r["step"] for r in lb]
+    assert len({round(r["weight/feat"], 6) for r in la}) > 1  # the weight does change
+    for ra, rb in zip(la, lb):
+        for k in keys:  # the weight reaches ~20: relative 1e-5 for it
+            assert ra[k] == pytest.approx(rb[k], abs=TOL, rel=TOL), (ra["step"], k)

@@ -12,6 +12,7 @@ Nothing here is home-made: process groups, collectives, DDP and FSDP are torch.d
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -59,6 +60,27 @@ def init_from_env(device: str = "auto") -> torch.device | None:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def shutdown(synchronize: bool = True) -> None:
+    """Leave the process group (if this process joined one). Called when a command ends, so
+    that torchrun's workers do not tear gloo/NCCL down inside the interpreter's exit, where it
+    can abort the process.
+
+    A DistributedDataParallel wrapper keeps the process group alive after it is destroyed
+    here, and is then freed during interpreter shutdown, where gloo's threads abort the process
+    ("terminate called without an active exception", about 1 run in 3 on this machine). The
+    caller must drop its references to such wrappers first; reference cycles among them are
+    collected here. With ``synchronize`` (a normal end) every rank first waits at a barrier, so
+    that no rank leaves while a peer still has a transfer in flight; after an error the barrier
+    is skipped, since the other ranks may never reach it."""
+    if not is_initialized():
+        return
+    if synchronize and world_size() > 1:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def per_rank_batch(global_batch: int, what: str = "data.batch_size") -> int:

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed as D
 from .errors import ConfigError
 from .registry import WEIGHTINGS
 
@@ -108,7 +109,10 @@ class GradientGuidedModulation:
     objectives), as the released code sums over the whole model including the projector.
     Shares are recorded by gradient hooks registered on the first :meth:`balance` call (after
     :meth:`Distiller.prepare` has built the adapters); with gradient accumulation the
-    micro-batches' L1 masses are summed before the ratio is taken. ``history`` lists
+    micro-batches' L1 masses are summed before the ratio is taken. Under DDP the hooks see each
+    rank's own gradients; their masses are averaged over ranks, so every rank sets the same
+    ``lambda`` (the share is then that of the per-rank gradients' L1 masses, which can differ
+    slightly from the share of the averaged gradient one process would see). ``history`` lists
     ``(step, mean share, new lambda)`` per modulation.
     """
 
@@ -196,7 +200,13 @@ class GradientGuidedModulation:
     def _close_step(self, step: int) -> None:
         """The gradients accumulated since the last call belong to the previous optimizer step."""
         if self._pending_step is not None and self._pending_step != step:
-            total, inside = float(self._total), float(self._inside)
+            # under DDP the hooks see each rank's own gradients: the masses are averaged over
+            # ranks (the same collective on every rank, every optimizer step), so that every
+            # rank takes the same share and sets the same lambda
+            device = next((p.device for p in self._distiller[0].parameters()), torch.device("cpu"))
+            masses = torch.stack([torch.as_tensor(self._inside, dtype=torch.float64, device=device),
+                                  torch.as_tensor(self._total, dtype=torch.float64, device=device)])
+            inside, total = D.all_reduce_mean_(masses).tolist()
             if total > 0:
                 self.shares.append(inside / total)
             self._inside = self._total = 0.0

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import distributed as D
 from .errors import ConfigError
 from .registry import WEIGHTINGS
 
@@ -37,6 +38,8 @@ class Constant(Schedule):
     """Constant weight ``value`` at every step."""
 
     def __init__(self, value: float = 1.0) -> None:
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"A term weight must be a finite number, got {value!r}.")
         self.value = float(value)
 
     def __call__(self, step: int) -> float:
@@ -241,7 +244,14 @@ class GradNormBalancer:
 
 
 def _grad_norm(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> float:
-    grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
+    """``||d loss / d params||_2``. Under DDP the gradient is first averaged over ranks, so
+    the norm is that of the global batch's gradient, the same on every rank and equal to the
+    single-process one (each rank's loss is the mean over an equal slice of the batch)."""
+    params = list(params)
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    if D.is_initialized() and D.world_size() > 1:
+        flat = torch.cat([(g.detach() if g is not None else torch.zeros_like(p)).float().reshape(-1) for g, p in zip(grads, params)])
+        return float(D.all_reduce_mean_(flat).norm())
     total = sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None)
     return math.sqrt(total)
 
