@@ -327,6 +327,38 @@ def test_non_finite_loss_names_term_and_step(nets):
     assert "'ce'" not in msg.split("non-finite terms")[1]
 
 
+def test_non_finite_term_with_zero_weight_is_still_caught(nets):
+    """The step checks the weighted total; 0 * nan is nan, so a silenced term cannot hide one."""
+    student, teacher = nets
+    d = Distiller(student, FrozenTeacher(teacher), [
+        Term("ce", CrossEntropy()),
+        Term("reg", FeatureMSE(), inputs={"teacher": "batch.target"}, weight=0.0),
+    ])
+    batch = make_batch()
+    batch["target"] = torch.full((6, 3), float("inf"))
+    with pytest.raises(NonFiniteLossError) as info:
+        d.step(batch)
+    assert "'reg'" in str(info.value) and "step 0" in str(info.value)
+    assert d.step(batch, check_finite=False)["reg"].isinf()
+
+
+def test_non_finite_weight_is_named(nets):
+    from distillery.weighting import Constant, Schedule
+
+    class Broken(Schedule):  # a user's schedule that misbehaves
+        def __call__(self, step: int) -> float:
+            return float("nan")
+
+    with pytest.raises(ConfigError, match="finite"):
+        Constant(float("inf"))
+    student, teacher = nets
+    d = Distiller(student, FrozenTeacher(teacher), [Term("ce", CrossEntropy(), weight=Broken())])
+    with pytest.raises(NonFiniteLossError) as info:
+        d.step(make_batch())
+    msg = str(info.value)
+    assert "although every term is finite" in msg and "'ce': nan" in msg
+
+
 def test_shape_mismatch_without_adapter(nets):
     student, teacher = nets
     d = Distiller(student, FrozenTeacher(teacher), [

@@ -258,9 +258,18 @@ class Distiller(nn.Module):
             shared = self._balancer_params()
             weights.update(self.balancer.balance(values, weights[self.balancer.task], shared, step))
         self.last_weights = weights
-        if check_finite:
+        products = [weights[n] * v for n, v in values.items()]
+        total = products[0]
+        for product in products[1:]:
+            total = total + product
+        # a finite weight times a non-finite term, or a sum with one, is non-finite: one check
+        # of the total finds any bad term (then raise_if_not_finite names it)
+        if check_finite and not bool(torch.isfinite(total.detach()).all()):
             self.raise_if_not_finite(values, step)
-        total = sum(weights[n] * v for n, v in values.items())
+            raise NonFiniteLossError(
+                f"The weighted total loss became non-finite at step {step} although every term is finite: "
+                f"a weight is not ({weights}). Training stopped; the last good checkpoint is kept."
+            )
         out = {"loss": total}
         out.update({n: v.detach() for n, v in values.items()})
         return out

@@ -68,10 +68,9 @@ def kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
     Terms with ``p_k = 0`` are exactly 0 (with a zero gradient), also where ``log q_k = -inf``.
     """
     p = log_p.exp()
-    positive = p > 0
-    diff = torch.where(positive, log_p, torch.zeros_like(log_p)) - torch.where(
-        positive, log_q, torch.zeros_like(log_q)
-    )
+    # where p = 0 the difference may be -inf - (-inf) = nan; it is replaced by 0 in the forward,
+    # and the where passes a zero gradient to both log-probabilities there
+    diff = torch.where(p > 0, log_p - log_q, 0.0)
     return (p * diff).sum(-1)
 
 

@@ -44,20 +44,14 @@ def cross_entropy_loss(
     assert logits is not None
     num_classes = logits.shape[-1]
     target = target.long()
+    all_valid = _check_labels(target, num_classes, ignore_index)
+    logits = logits.movedim(-1, 1) if logits.ndim > 2 else logits
+    if reduction == "mean" and all_valid:
+        # nothing to skip: torch's fused mean over every entry is exactly the mean below
+        return F.cross_entropy(logits, target, reduction="mean", label_smoothing=label_smoothing)
     valid = target != ignore_index
-    if bool((valid & ((target < 0) | (target >= num_classes))).any()):
-        raise DataError(
-            f"ce: labels must be in [0, {num_classes - 1}] or {ignore_index} (ignored); got "
-            f"values in [{int(target.min())}, {int(target.max())}]."
-        )
-    safe_target = torch.where(valid, target, torch.zeros_like(target))
-    per_entry = F.cross_entropy(
-        logits.movedim(-1, 1) if logits.ndim > 2 else logits,
-        safe_target,
-        reduction="none",
-        label_smoothing=label_smoothing,
-    )
-    per_entry = torch.where(valid, per_entry, torch.zeros_like(per_entry))
+    # ignored entries give 0 with a zero gradient (torch skips them, also in the smoothing term)
+    per_entry = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none", label_smoothing=label_smoothing)
     if reduction == "mean":
         # an all-ignored batch gives sum(zeros) / 1 = 0, still attached to the graph
         return per_entry.sum() / valid.sum().clamp(min=1)
@@ -65,6 +59,26 @@ def cross_entropy_loss(
         return per_entry
     counts = valid.reshape(valid.shape[0], -1).sum(1).clamp(min=1)
     return per_entry.reshape(per_entry.shape[0], -1).sum(1) / counts
+
+
+def _check_labels(target: Tensor, num_classes: int, ignore_index: int) -> bool:
+    """Raise :class:`DataError` unless every label is in ``[0, num_classes)`` or ``ignore_index``;
+    return whether every label is a class (none to ignore).
+
+    One reduction and one host sync in the common case; the full elementwise check runs only
+    when the batch holds labels outside the classes (ignored ones, or wrong ones)."""
+    if target.numel() == 0:
+        return False
+    lo, hi = torch.stack(torch.aminmax(target)).tolist()
+    if lo >= 0 and hi < num_classes:
+        return not (0 <= ignore_index < num_classes and (target == ignore_index).any().item())
+    valid = target != ignore_index
+    if bool((valid & ((target < 0) | (target >= num_classes))).any()):
+        raise DataError(
+            f"ce: labels must be in [0, {num_classes - 1}] or {ignore_index} (ignored); got "
+            f"values in [{lo}, {hi}]."
+        )
+    return False
 
 
 @OBJECTIVES.register("ce")

@@ -73,8 +73,19 @@ class Teacher(nn.Module):
 
 def tap_addresses(model: nn.Module, names: Sequence[str]) -> list[str]:
     """The names among ``names`` that address modules of ``model`` (the rest are outputs)."""
-    paths = set(taps.module_paths(model))
-    return [n for n in names if taps.split_address(n)[0] in paths]
+    return [n for n in names if _has_submodule(model, taps.split_address(n)[0])]
+
+
+def _has_submodule(model: nn.Module, path: str) -> bool:
+    """Whether ``path`` names a submodule (not the root): a walk along the path, not over the
+    whole model, since teachers call this every step."""
+    if not path:
+        return False
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def run_model(
