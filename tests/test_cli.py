@@ -182,6 +182,21 @@ def test_list_names_every_component(capsys):
     for name in ("ema", "self_ensemble", "privileged", "bank", "kd", "dkd", "dino", "gradnorm", "gt_mix", "mnist1d",
                  "image_folder", "vit", "resnet", "patch_mask", "hinton_kd", "mean_teacher"):
         assert f"  {name} " in out, name
+    assert "``" not in out  # reST literals are shown as `x`, not ``x``
+    # a summary is the docstring's whole first paragraph, not its first line cut mid-sentence
+    assert "and InfoNCE self-learning, mixed per sample by difficulty" in out
+
+
+def test_registry_summary_is_the_first_paragraph():
+    from distillery.registry import _first_line
+
+    doc = """Soft KD with ``T``
+    over two lines.
+
+    Details that stay out of the summary.
+    """
+    assert _first_line(doc) == "Soft KD with `T` over two lines."
+    assert _first_line(None) == "" and _first_line("   ") == ""
 
 
 def test_user_error_from_a_real_process_has_no_traceback(tmp_path):
@@ -211,3 +226,9 @@ def test_quick_demo_writes_the_summary_table(tmp_path, capsys):
     assert "student_kd_unlabeled" in printed and "+-" in printed
     # the copied config runs as it stands (here shortened)
     assert main(["run", str(out / "student_ce.yaml"), "--out", str(tmp_path / "again"), "--set", "train.epochs=1"]) == 0
+
+
+def test_bad_objective_of_a_teacher_fit_names_its_own_key(tmp_path, capsys):
+    cfg = _config(tmp_path, teacher__fit__objectives=[{"kind": "ce", "params": {"label_smoothin": 0.1}}])
+    msg = _user_error(capsys, ["run", str(cfg), "--out", str(tmp_path / "run")])
+    assert "teacher.fit.objectives.0 (ce).params" in msg and "label_smoothin" in msg

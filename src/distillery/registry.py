@@ -1,7 +1,7 @@
 """Named registries of components, so that configs and ``distillery list`` can refer to them.
 
 Each registry maps a short name (``kd``, ``ema``, ``mnist1d``) to a class or factory and a
-one-line summary taken from the first line of its docstring unless given explicitly.
+one-line summary taken from the first paragraph of its docstring unless given explicitly.
 """
 
 from __future__ import annotations
@@ -61,12 +61,15 @@ class Registry:
 
 
 def _first_line(doc: str | None) -> str:
+    """The docstring's first paragraph on one line, reST ``literals`` shown as `literals`."""
     if not doc:
         return ""
+    lines = []
     for line in doc.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    return " ".join(lines).replace("``", "`")
 
 
 def import_submodules(package: str, path: list[str], skip: tuple[str, ...] = ()) -> None:

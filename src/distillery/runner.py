@@ -76,7 +76,7 @@ def fit_teacher(model: nn.Module, fit: FitCfg, splits, run_dir: Path, seed: int,
     if resume and weights.is_file() and (out / "summary.json").is_file():
         ckpt.load_weights(model, weights, what=f"{where} (fitted earlier)")
         return model
-    terms = build_terms(fit.objectives) if fit.objectives else [Term("ce", CrossEntropy(label_smoothing=fit.label_smoothing))]
+    terms = build_terms(fit.objectives, where=f"{where}.fit.objectives") if fit.objectives else [Term("ce", CrossEntropy(label_smoothing=fit.label_smoothing))]
     if fit.unlabeled and splits.unlabeled is None:
         raise ConfigError(f"{where}.fit.unlabeled is true, but the dataset was given no unlabeled samples (see its params).")
     distiller = Distiller(model, None, terms, student_view=build_view(fit.view, f"{where}.fit.view"))

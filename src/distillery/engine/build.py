@@ -106,11 +106,12 @@ def construct(cls: Any, params: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def build_terms(cfgs: list[TermCfg]) -> list[Term]:
+def build_terms(cfgs: list[TermCfg], where: str = "objectives") -> list[Term]:
+    """Terms from config entries; ``where`` is their config key, named in error messages."""
     terms = []
     for i, tc in enumerate(cfgs):
         name = tc.name or tc.kind
-        objective = build_objective(tc.kind, tc.params, f"objectives.{i} ({name}).params")
+        objective = build_objective(tc.kind, tc.params, f"{where}.{i} ({name}).params")
         mix = GroundTruthMix(build_schedule(tc.mix.alpha)) if tc.mix is not None else None
         terms.append(
             Term(
