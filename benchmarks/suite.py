@@ -5,11 +5,14 @@ Every row is a ratio of two things measured side by side in the same process or 
 machines. Rows: ``engine_overhead``, ``cached_vs_student_only`` (+ ``online_vs_cached``),
 ``chunked_vs_dense_memory`` and ``chunked_vs_dense_time``, ``ddp2_vs_1_throughput``. When a
 CUDA device is present the rows that make sense on it run there too, named ``cuda/<row>``.
-Results go to ``DIR/bench.json`` as ``{"rows": [{"name", "ratio", "goal", "unit", "detail"}]}``.
+Results go to ``DIR/bench.json`` as ``{"rows": [{"name", "ratio", "goal", "unit", "detail"}]}``
+and, as a markdown table, to ``DIR/bench.md``; ``--docs FILE`` also puts that table into the
+generated block of ``FILE`` (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -52,6 +55,10 @@ def rows(quick: bool, device: str) -> list[tuple[str, Callable[[], Any]]]:
     return out
 
 
+BLOCK_BEGIN = "<!-- bench:begin (written by `distillery bench --docs`; do not edit by hand) -->"
+BLOCK_END = "<!-- bench:end -->"
+
+
 def run_suite(out: Path, quick: bool = False, log=print) -> dict[str, Any]:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results: list[dict[str, Any]] = []
@@ -73,9 +80,12 @@ def run_suite(out: Path, quick: bool = False, log=print) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "cpu_cores": os.cpu_count(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "wall_s": time.perf_counter() - t0,
+        "date": datetime.date.today().isoformat(),
+        "command": "distillery bench" + (" --quick" if quick else ""),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "bench.md").write_text(format_markdown(report) + "\n")
     log("")
     log(format_table(results))
     return report
@@ -95,3 +105,53 @@ def format_table(results: list[dict[str, Any]]) -> str:
     lines = [f"{'row':<34} {'ratio':>8}  {'goal':<13} result", "-" * 70]
     lines += [format_row(r) for r in results]
     return "\n".join(lines)
+
+
+def _detail_text(row: dict[str, Any]) -> str:
+    """The few side-by-side figures behind a row's ratio, for the markdown table."""
+    d = row.get("detail", {})
+    name = row["name"].split("/")[-1]
+    if name == "engine_overhead":
+        per_process = d.get("process_ratios")
+        spread = f" (processes: {', '.join(f'{r:.3f}' for r in per_process)})" if per_process else ""
+        return (f"step {d['distillery_step_ms']:.2f} ms vs hand-written {d['hand_step_ms']:.2f} ms{spread}; "
+                f"whole Trainer epoch / hand epoch {d['trainer_epoch_vs_hand_epoch']:.3f}")
+    if name in ("cached_vs_student_only", "online_vs_cached"):
+        e = d["epoch_s"]
+        return f"epoch: student only {e['student_only']:.3f} s, cached {e['cached']:.3f} s, online {e['online']:.3f} s"
+    if name.startswith("chunked_vs_dense"):
+        r = d["results"]
+        return (f"peak {r['chunked']['peak_bytes'] / 2**20:.0f} MiB vs {r['dense']['peak_bytes'] / 2**20:.0f} MiB; "
+                f"{r['chunked']['time_s']:.2f} s vs {r['dense']['time_s']:.2f} s")
+    if name == "ddp2_vs_1_throughput":
+        return f"global batch {d.get('global_batch')}, {d.get('cpu_cores')} CPU cores shared by both processes"
+    return ""
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The rows of ``report`` as a markdown table, with the machine and the command."""
+    m = report["machine"]
+    device = f", {m['cuda']}" if m.get("cuda") else ", no GPU"
+    lines = [
+        (f"Figures from `{report.get('command', 'distillery bench')}` on {m['platform']}, {m['cpu_cores']} CPU cores, "
+         f"torch {m['torch']}{device} ({report.get('date', '')}, {report['wall_s']:.0f} s)."),
+        "",
+        "| row | ratio | goal | result | measured side by side |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        goal = row.get("goal")
+        verdict = "-" if goal is None else ("meets goal" if _meets(row) else "**misses goal**")
+        lines.append(f"| `{row['name']}` | {row['ratio']:.3f} | {'-' if goal is None else f'<= {goal:g}'} | {verdict} | "
+                     f"{_detail_text(row)} |")
+    return "\n".join(lines)
+
+
+def write_docs(report: dict[str, Any], path: Path) -> None:
+    """Replace the generated block of ``path`` (between the bench markers) with the table."""
+    block = f"{BLOCK_BEGIN}\n\n{format_markdown(report)}\n\n{BLOCK_END}"
+    from distillery.engine.checkpoint import atomic_write_text
+    from distillery.report import replace_block
+
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    atomic_write_text(path, replace_block(text, BLOCK_BEGIN, BLOCK_END, block))

@@ -11,7 +11,7 @@
     distillery reproduce NAME [--quick] [--seeds N] [--out DIR] [--docs DIR]
     distillery reproduce --all [--family F] [--quick] [--out DIR] [--docs DIR]
     distillery reproduce --list
-    distillery bench [--quick] [--out DIR]
+    distillery bench [--quick] [--out DIR] [--docs BENCHMARKS.md]
 
 User errors (bad config, missing data, wrong module path, unmatched shapes, a non-finite
 loss, an existing run directory) print one paragraph and exit with status 2, without a
@@ -116,11 +116,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"installation ({root}). Run 'distillery bench' from a clone installed with 'pip install -e .'."
         )
     sys.path.insert(0, str(root))
-    from benchmarks.suite import run_suite
+    from benchmarks.suite import run_suite, write_docs
 
     out = prepare_run_dir(Path(args.out), overwrite=args.overwrite, resumable=False)
-    run_suite(out, quick=args.quick)
+    report = run_suite(out, quick=args.quick)
     print(f"bench: {out / 'bench.json'}")
+    if args.docs:
+        write_docs(report, Path(args.docs))
+        print(f"docs: {args.docs}")
     return 0
 
 
@@ -167,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     p.add_argument("--out", default="runs/bench", help="output directory for bench.json (default: runs/bench)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--docs", metavar="FILE", help="also write the table into FILE's generated block (BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("report", help="write report.md with plots for a run directory")
@@ -178,8 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    ok = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        ok = True
+        return code
     except DistilleryError as exc:
         message = " ".join(str(exc).split())
         print(textwrap.fill(f"error: {message}", width=100), file=sys.stderr)
@@ -187,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; a run can be continued with --resume from its last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        from . import distributed as D
+
+        D.shutdown(synchronize=ok)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,11 @@ def _num(value: Any) -> float:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def replace_block(text: str, begin: str, end: str, block: str, heading: str = "") -> str:
+    """``text`` with its generated block (``begin`` ... ``end``, markers included) replaced by
+    ``block``; without one, ``block`` is appended after ``heading``. Prose around it stays."""
+    if begin in text:
+        return re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.DOTALL)
+    return text.rstrip() + "\n\n" + heading + block + "\n"
