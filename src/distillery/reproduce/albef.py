@@ -31,7 +31,6 @@ from typing import Any
 
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import fast_train
-from ._threads import one_thread
 
 NOISE = 0.3
 
@@ -56,11 +55,6 @@ def _config(seed: int, alpha: float, mismatch: float, epochs: int) -> dict[str, 
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     arms = {"itc_clean": (0.0, 0.0), "mod_clean": (0.4, 0.0), "itc_noisy": (0.0, NOISE), "mod_noisy": (0.4, NOISE)}
     r1: dict[str, list[float]] = {name: [] for name in arms}

@@ -39,7 +39,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import Claim, Context, Reproduction, better, register
-from ._threads import one_thread
 
 VIT = {"name": "vit", "params": {"patch_size": 4, "dim": 32, "depth": 3, "heads": 4}}
 COTAP = {"dim": 32, "prototypes": 16, "filter_dim": 32, "temperature": 0.05, "target_temperature": 0.1}
@@ -82,29 +81,28 @@ def run(ctx: Context) -> list[Claim]:
     splits = load_dataset("digit_canvas", **params)
     optim = {"optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.05}, "scheduler": {"name": "cosine", "warmup_steps": 50},
              "progress": False, "tensorboard": False}
-    with one_thread():
-        ctx.train("teacher", {"seed": 0, "data": {"dataset": "digit_canvas", "params": single, "batch_size": 64}, "student": VIT,
-                              "objectives": [{"kind": "ce"}],
-                              "train": {**optim, "epochs": s["teacher_epochs"], "eval_every": s["teacher_epochs"],
-                                        "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.05}}})
-        weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-        teacher_metrics = _measure(ctx.out / "teacher", splits, s["probe_train"], s["probe_test"])
-        teacher = {"kind": "frozen", "model": dict(VIT, checkpoint=weights), "precompute": True}
-        feature = {"name": "feature", "kind": "cosine", "params": {"dim": -1}, "inputs": TOKENS}
-        variants = {
-            "feature": [feature],
-            "cotap": [feature, {"name": "cotap", "kind": "cotap", "params": COTAP, "inputs": TOKENS, "weight": 1.0}],
-        }
-        res: dict[str, dict[str, list[float]]] = {name: {"patch_probe": [], "dispersion": []} for name in variants}
-        for seed in ctx.seeds:
-            for name, objectives in variants.items():
-                raw = {"seed": seed, "data": {"dataset": "digit_canvas", "params": params, "batch_size": 64}, "student": VIT,
-                       "teacher": teacher, "objectives": objectives, "train": {**optim, "epochs": s["epochs"], "eval_every": s["epochs"]}}
-                ctx.train(f"{name}/seed{seed}", raw)
-                m = _measure(ctx.out / name / f"seed{seed}", splits, s["probe_train"], s["probe_test"])
-                for k, v in m.items():
-                    res[name][k].append(v)
-                ctx.log(f"    {name} seed {seed}: patch probe {m['patch_probe']:.4f}, dispersion {m['dispersion']:.4f}")
+    ctx.train("teacher", {"seed": 0, "data": {"dataset": "digit_canvas", "params": single, "batch_size": 64}, "student": VIT,
+                          "objectives": [{"kind": "ce"}],
+                          "train": {**optim, "epochs": s["teacher_epochs"], "eval_every": s["teacher_epochs"],
+                                    "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.05}}})
+    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
+    teacher_metrics = _measure(ctx.out / "teacher", splits, s["probe_train"], s["probe_test"])
+    teacher = {"kind": "frozen", "model": dict(VIT, checkpoint=weights), "precompute": True}
+    feature = {"name": "feature", "kind": "cosine", "params": {"dim": -1}, "inputs": TOKENS}
+    variants = {
+        "feature": [feature],
+        "cotap": [feature, {"name": "cotap", "kind": "cotap", "params": COTAP, "inputs": TOKENS, "weight": 1.0}],
+    }
+    res: dict[str, dict[str, list[float]]] = {name: {"patch_probe": [], "dispersion": []} for name in variants}
+    for seed in ctx.seeds:
+        for name, objectives in variants.items():
+            raw = {"seed": seed, "data": {"dataset": "digit_canvas", "params": params, "batch_size": 64}, "student": VIT,
+                   "teacher": teacher, "objectives": objectives, "train": {**optim, "epochs": s["epochs"], "eval_every": s["epochs"]}}
+            ctx.train(f"{name}/seed{seed}", raw)
+            m = _measure(ctx.out / name / f"seed{seed}", splits, s["probe_train"], s["probe_test"])
+            for k, v in m.items():
+                res[name][k].append(v)
+            ctx.log(f"    {name} seed {seed}: patch probe {m['patch_probe']:.4f}, dispersion {m['dispersion']:.4f}")
     claims = [
         better("CoTAP concentrates patch features of the same digit (lower intra-class dispersion)",
                res["cotap"]["dispersion"], res["feature"]["dispersion"], a_name="cotap", b_name="feature", higher=False,

@@ -51,7 +51,6 @@ from ..recipes.dcd import (
 from ..retrieval import recall_at_k
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import fast_train
-from ._threads import one_thread
 
 FUSION = {"hidden": 128, "fusion_hidden": [128]}
 STUDENT = {"hidden": [64], "embed_dim": 32}
@@ -87,11 +86,6 @@ def _r1(scores: torch.Tensor) -> float:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     splits = load_dataset("paired_digits", views="halves")
     teacher = build_model("fusion_scorer", splits.input_shape, 10, **FUSION)

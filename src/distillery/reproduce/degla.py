@@ -46,7 +46,6 @@ from ..data import load_dataset
 from ..retrieval import hard_negative_accuracy, zero_shot_accuracy
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
 from ._dual import embed, fast_train, load_dual_encoder
-from ._threads import one_thread
 
 MODEL = {"image_dim": 64, "text_dim": 14, "hidden": [256], "embed_dim": 64}
 FINETUNE_CLASSES = [0, 1, 2, 3, 4]
@@ -110,11 +109,6 @@ def evaluate(model: torch.nn.Module, full: Any, compositional: Any) -> dict[str,
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     full = load_dataset("attribute_digits", captions="class", negatives=False)
     compositional = load_dataset("attribute_digits", captions="attributes", negatives=True, classes=FINETUNE_CLASSES)

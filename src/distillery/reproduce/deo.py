@@ -55,7 +55,6 @@ from ..engine import checkpoint as ckpt
 from ..models import build_model
 from ..probes import extract_features, linear_probe_accuracy
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
-from ._threads import one_thread
 
 OUT_DIM = 64
 BACKBONE = {"name": "cnn2d", "params": {"channels": [32, 64]}}
@@ -105,11 +104,6 @@ def _probe(model: torch.nn.Module, splits, optical_only: bool) -> float:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     ema = {"kind": "ema", "momentum": 0.99, "final_momentum": 1.0, "view": {"transforms": AUG}}
     dino = {"kind": "dino", "name": "dino", "params": DINO}

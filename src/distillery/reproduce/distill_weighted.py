@@ -76,7 +76,6 @@ from ..recipes.distill_weighted import (
 from ..similarity import SimilarityWeight
 from ..teachers import PrivilegedTeacher
 from . import Claim, Context, Reproduction, better, register
-from ._threads import one_thread
 
 SOURCES = {
     "digits_0-4": {"domain": "none", "classes": [0, 1, 2, 3, 4]},
@@ -131,11 +130,6 @@ def _fit(ctx: Context, name: str, distiller: Distiller, train, test, seed: int, 
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     sources = _train_sources(ctx, s)
     names = list(sources)

@@ -44,7 +44,6 @@ from ..engine.checkpoint import save_state
 from ..recipes.dmae import with_encoder
 from ..recipes.sd_further_pretraining import export_encoder
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
-from ._threads import one_thread
 
 VIT_T = {"patch_size": 2, "dim": 48, "depth": 3, "heads": 4, "mlp_ratio": 2.0}
 VIT_S = {"patch_size": 2, "dim": 32, "depth": 2, "heads": 4, "mlp_ratio": 2.0}
@@ -65,11 +64,6 @@ def _train(epochs: int, warmup: int = 50) -> dict:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     unlabeled = {"dataset": "mnist1d", "params": {"unlabeled": s["unlabeled"]}, "unlabeled": True, "batch_size": 256}
     labeled = {"dataset": "mnist1d", "batch_size": 128}

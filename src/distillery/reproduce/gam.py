@@ -37,7 +37,6 @@ import json
 import math
 
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
-from ._threads import one_thread
 
 GRID = (0.1, 1.0, 10.0, 100.0)
 STUDENT = {"name": "cnn2d", "params": {"channels": [8, 16, 32, 32]}}
@@ -86,11 +85,6 @@ def _calibrate(teacher_weights: str) -> dict[str, float]:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     data = {"dataset": "digits", "batch_size": BATCH}
     ctx.train("teacher", {"seed": 0, "data": data, "student": TEACHER, "objectives": [{"kind": "ce"}],

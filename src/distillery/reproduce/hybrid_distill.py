@@ -58,7 +58,6 @@ from ..probes import linear_probe_accuracy
 from ..recipes.hybrid_distill import hybrid_terms, single_teacher_terms, token_features
 from ..teachers import PrecomputedTeacher, TeacherBank
 from . import Claim, Context, Reproduction, mean_std, not_worse, register
-from ._threads import one_thread
 
 VIT = {"patch_size": 4, "dim": 32, "depth": 4, "heads": 4, "mlp_ratio": 2.0}
 GRID = (10,)
@@ -102,11 +101,6 @@ def _evaluate(model: torch.nn.Module, splits, address: str = "norm") -> dict:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     mim, sup = _teachers(ctx, s)
     splits = load_dataset("mnist1d", unlabeled=s["unlabeled"]) if s["unlabeled"] else load_dataset("mnist1d")

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from ..recipes.linfusion import token_scaling
 from . import Claim, Context, Reproduction, better, not_worse, register
-from ._threads import one_thread
 
 VIT = {"patch_size": 2, "dim": 32, "depth": 3, "heads": 4, "mlp_ratio": 2.0}
 TOKENS = (128, 512, 2048)
@@ -51,11 +50,6 @@ def _train(epochs: int, lr: float, warmup: int) -> dict:
     return {"epochs": epochs, "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.05},
             "scheduler": {"name": "cosine", "warmup_steps": warmup}, "eval_every": epochs, "checkpoint_every": 10**9,
             "keep_checkpoints": 1, "progress": False, "tensorboard": False}
-
-
-def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
 
 
 def _ratio_claim(what: str, key: str, cost: dict) -> Claim:
@@ -76,7 +70,7 @@ def _slope(values: list[float]) -> float:
     return math.log(values[-1] / values[-2]) / math.log(TOKENS[-1] / TOKENS[-2])
 
 
-def _run(ctx: Context) -> list[Claim]:
+def run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     data = {"dataset": "digits", "batch_size": 64}
     t = ctx.train("teacher", {"seed": 0, "data": data, "student": {"name": "vit", "params": VIT},

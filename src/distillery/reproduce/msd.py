@@ -38,7 +38,6 @@ from ..data import load_dataset
 from ..retrieval import few_shot_probe
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import embed, fast_train, load_dual_encoder
-from ._threads import one_thread
 
 MODEL = {"hidden": [256], "embed_dim": 64}
 SHOTS, PROBE_DRAWS = 5, 5
@@ -74,11 +73,6 @@ def _config(arm: str, seed: int, epochs: int) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     data = load_dataset("paired_digits", views="halves")
     arms = ("clip", "queue", "msd")

@@ -44,7 +44,6 @@ from __future__ import annotations
 import torch
 
 from . import Claim, Context, Reproduction, better, register
-from ._threads import one_thread
 
 VIT = {"patch_size": 4, "dim": 32, "depth": 3, "heads": 4}
 PATCH = 4
@@ -100,28 +99,27 @@ def run(ctx: Context) -> list[Claim]:
     splits = load_dataset("digit_canvas", **params)
     data = {"dataset": "digit_canvas", "params": params, "batch_size": 64}
     results: dict[str, dict[str, list[float]]] = {"teacher": {}, "ph_reg": {}}
-    with one_thread():
-        for seed in ctx.seeds:
-            ctx.train(f"pretrained/seed{seed}", {
-                "seed": seed, "data": data, "student": {"name": "vit", "params": VIT}, "objectives": [{"kind": "ce"}],
-                "train": {"epochs": s["pretrain_epochs"], "eval_every": s["pretrain_epochs"], "progress": False, "tensorboard": False,
-                          "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.05}, "scheduler": {"name": "cosine", "warmup_steps": 50}}})
-            vit = build_model("vit", splits.input_shape, splits.num_classes, **VIT)
-            load_weights(vit, ctx.out / "pretrained" / f"seed{seed}" / "student.safetensors")
-            vit.eval()
-            teacher = tta_teacher(vit, PATCH, shifts=1, flip=True)
-            targets = torch.cat([teacher.signals(splits.train.x[i:i + 256], {}, ["norm"])["norm"] for i in range(0, len(splits.train), 256)])
-            seed_everything(seed)
-            student = ph_reg_student(vit, REGISTERS)
-            distiller = ph_reg_distiller(student, PrecomputedTeacher({"norm": targets}, model=vit))
-            Trainer(distiller, splits.train, eval_data=splits.test, out_dir=ctx.out / "ph_reg" / f"seed{seed}", seed=seed,
-                    epochs=s["epochs"], batch_size=64, optimizer={"name": "adamw", "lr": 1e-3},
-                    scheduler={"name": "cosine", "warmup_steps": 20}, eval_every=s["epochs"], progress=False, tensorboard=False).fit()
-            for name, model in (("teacher", vit), ("ph_reg", student)):
-                m = _measure(model, splits, s["probe_train"])
-                for k, v in m.items():
-                    results[name].setdefault(k, []).append(v)
-            ctx.log(f"    seed {seed}: teacher {_fmt(results['teacher'])} | ph_reg {_fmt(results['ph_reg'])}")
+    for seed in ctx.seeds:
+        ctx.train(f"pretrained/seed{seed}", {
+            "seed": seed, "data": data, "student": {"name": "vit", "params": VIT}, "objectives": [{"kind": "ce"}],
+            "train": {"epochs": s["pretrain_epochs"], "eval_every": s["pretrain_epochs"], "progress": False, "tensorboard": False,
+                      "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.05}, "scheduler": {"name": "cosine", "warmup_steps": 50}}})
+        vit = build_model("vit", splits.input_shape, splits.num_classes, **VIT)
+        load_weights(vit, ctx.out / "pretrained" / f"seed{seed}" / "student.safetensors")
+        vit.eval()
+        teacher = tta_teacher(vit, PATCH, shifts=1, flip=True)
+        targets = torch.cat([teacher.signals(splits.train.x[i:i + 256], {}, ["norm"])["norm"] for i in range(0, len(splits.train), 256)])
+        seed_everything(seed)
+        student = ph_reg_student(vit, REGISTERS)
+        distiller = ph_reg_distiller(student, PrecomputedTeacher({"norm": targets}, model=vit))
+        Trainer(distiller, splits.train, eval_data=splits.test, out_dir=ctx.out / "ph_reg" / f"seed{seed}", seed=seed,
+                epochs=s["epochs"], batch_size=64, optimizer={"name": "adamw", "lr": 1e-3},
+                scheduler={"name": "cosine", "warmup_steps": 20}, eval_every=s["epochs"], progress=False, tensorboard=False).fit()
+        for name, model in (("teacher", vit), ("ph_reg", student)):
+            m = _measure(model, splits, s["probe_train"])
+            for k, v in m.items():
+                results[name].setdefault(k, []).append(v)
+        ctx.log(f"    seed {seed}: teacher {_fmt(results['teacher'])} | ph_reg {_fmt(results['ph_reg'])}")
     t, p = results["teacher"], results["ph_reg"]
     outliers = better("PH-Reg reduces the share of outlier-norm (artifact) patch tokens",
                       p["outlier_rate"], t["outlier_rate"], a_name="ph_reg", b_name="teacher", higher=False, metric="outlier-norm rate")

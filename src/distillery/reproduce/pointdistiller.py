@@ -29,7 +29,6 @@ Rules, fixed here before any run (test accuracy, means over seeds):
 from __future__ import annotations
 
 from . import Claim, Context, Reproduction, better, not_worse, register
-from ._threads import one_thread
 
 TEACHER = {"name": "pointnet", "params": {"edge_width": 32, "widths": [64, 128], "head_hidden": 128}}
 STUDENT = {"name": "pointnet", "params": {"edge_width": 16, "widths": [32, 64], "head_hidden": 64}}
@@ -54,25 +53,24 @@ def run(ctx: Context) -> list[Claim]:
             "batch_size": 32}
     optim = {"optimizer": {"name": "adamw", "lr": 0.002}, "scheduler": {"name": "cosine", "warmup_steps": 20},
              "progress": False, "tensorboard": False}
-    with one_thread():
-        teacher_summary = ctx.train("teacher", {"seed": 0, "data": data, "student": TEACHER, "objectives": [{"kind": "ce"}],
-                                                "train": {"epochs": s["teacher_epochs"], "eval_every": s["teacher_epochs"], **optim}})
-        weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-        teacher = {"kind": "frozen", "model": dict(TEACHER, checkpoint=weights), "precompute": True}
-        taps = {"student": "student.point_mlp", "teacher": "teacher.point_mlp"}
-        variants = {
-            "none": {"objectives": [{"kind": "ce"}]},
-            "logit_kd": {"teacher": teacher, "objectives": [{"kind": "ce"}, {"kind": "kd", "params": {"temperature": 4.0}, "weight": 1.0}]},
-            "local_graph": {"teacher": teacher, "objectives": [
-                {"kind": "ce"},
-                {"name": "local_graph", "kind": "local_graph_kd", "inputs": taps, "params": LOCAL_GRAPH, "weight": 2.0}]},
-        }
-        acc: dict[str, list[float]] = {name: [] for name in variants}
-        for seed in ctx.seeds:
-            for name, v in variants.items():
-                raw = {"seed": seed, "data": data, "student": STUDENT, **v,
-                       "train": {"epochs": s["epochs"], "eval_every": s["epochs"], **optim}}
-                acc[name].append(ctx.train(f"{name}/seed{seed}", raw)["final"]["accuracy"])
+    teacher_summary = ctx.train("teacher", {"seed": 0, "data": data, "student": TEACHER, "objectives": [{"kind": "ce"}],
+                                            "train": {"epochs": s["teacher_epochs"], "eval_every": s["teacher_epochs"], **optim}})
+    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
+    teacher = {"kind": "frozen", "model": dict(TEACHER, checkpoint=weights), "precompute": True}
+    taps = {"student": "student.point_mlp", "teacher": "teacher.point_mlp"}
+    variants = {
+        "none": {"objectives": [{"kind": "ce"}]},
+        "logit_kd": {"teacher": teacher, "objectives": [{"kind": "ce"}, {"kind": "kd", "params": {"temperature": 4.0}, "weight": 1.0}]},
+        "local_graph": {"teacher": teacher, "objectives": [
+            {"kind": "ce"},
+            {"name": "local_graph", "kind": "local_graph_kd", "inputs": taps, "params": LOCAL_GRAPH, "weight": 2.0}]},
+    }
+    acc: dict[str, list[float]] = {name: [] for name in variants}
+    for seed in ctx.seeds:
+        for name, v in variants.items():
+            raw = {"seed": seed, "data": data, "student": STUDENT, **v,
+                   "train": {"epochs": s["epochs"], "eval_every": s["epochs"], **optim}}
+            acc[name].append(ctx.train(f"{name}/seed{seed}", raw)["final"]["accuracy"])
     teacher_acc = [teacher_summary["final"]["accuracy"]]
     sizes = {"teacher_parameters": _count(TEACHER), "student_parameters": _count(STUDENT)}
     claims = [

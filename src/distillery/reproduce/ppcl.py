@@ -42,7 +42,6 @@ from ..objectives import CrossEntropy
 from ..recipes import ppcl as P
 from ..surgery import count_parameters
 from . import Claim, Context, Reproduction, better, mean_std, register
-from ._threads import one_thread
 
 MODEL = {"name": "residual_mlp", "params": {"width": 64, "depth": 12, "mlp_ratio": 2.0}}
 RATIO = 0.5
@@ -60,11 +59,6 @@ def _train_kw(epochs: int) -> dict:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     from ..data import load_dataset
 
     s = _settings(ctx.quick)

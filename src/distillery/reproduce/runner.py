@@ -6,13 +6,13 @@ import datetime
 import json
 import os
 import platform
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..errors import ConfigError
+from ..report import replace_block
 from . import FAMILIES, REPRODUCTIONS, Claim, Context, Reproduction, load_all
 from ._threads import one_thread
 
@@ -153,11 +153,7 @@ def write_docs(results_dir: Path, docs_dir: Path) -> list[Path]:
         found[result["name"]] = result
         page = docs_dir / "methods" / f"{result['name']}.md"
         text = page.read_text() if page.is_file() else f"# {result['method']}\n\n{result['paper']}\n\n"
-        block = results_markdown(result)
-        if RESULTS_BEGIN in text:
-            text = re.sub(re.escape(RESULTS_BEGIN) + r".*?" + re.escape(RESULTS_END), lambda _: block, text, flags=re.S)
-        else:
-            text = text.rstrip() + "\n\n## Reproduction\n\n" + block + "\n"
+        text = replace_block(text, RESULTS_BEGIN, RESULTS_END, results_markdown(result), heading="## Reproduction\n\n")
         atomic_write_text(page, text)
         written.append(page)
     written.append(write_index(docs_dir, found))

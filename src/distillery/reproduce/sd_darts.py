@@ -50,7 +50,6 @@ from ..recipes.sd_darts import (
     sharpness,
 )
 from . import Claim, Context, Reproduction, better, mean_std, register
-from ._threads import one_thread
 
 SUPERNET = {"channels": 8, "cells": 2, "nodes": 3, "ops": ("skip_connect", "conv_3x3", "max_pool_3x3"), "top_k": 2}
 BATCH = 64
@@ -81,11 +80,6 @@ def search_once(variant: str, seed: int, epochs: int, train, val, test) -> dict:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():  # tiny models: a second intra-op thread only adds contention on a shared CPU
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     train, val, test = splits()
     results: dict[str, list[dict]] = {"darts": [], "sd_darts": []}

@@ -45,7 +45,6 @@ from pathlib import Path
 from ..engine.checkpoint import save_state
 from ..recipes.sd_further_pretraining import export_encoder, student_from_checkpoint
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
-from ._threads import one_thread
 
 VIT = {"patch_size": 2, "dim": 32, "depth": 3, "heads": 4, "mlp_ratio": 2.0}
 MAE = dict(VIT, mask_ratio=0.75, decoder_dim=32, decoder_depth=1, decoder_heads=2)
@@ -67,11 +66,6 @@ def _train(epochs: int, lr: float, warmup: int, **extra) -> dict:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():  # tiny models: a second intra-op thread only adds contention on a shared CPU
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     mae_term = {"kind": "masked_reconstruction", "name": "mae"}
     # -- theta0: MAE on the source domain -------------------------------------------------------

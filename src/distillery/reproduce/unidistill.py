@@ -34,7 +34,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import Claim, Context, Reproduction, better, register
-from ._threads import one_thread
 
 MODEL = {"name": "bev_detector", "params": {"width": 16, "depth": 4}}
 TASK = [{"kind": "center_focal"}, {"kind": "ce", "weight": 0.1}]
@@ -72,25 +71,24 @@ def run(ctx: Context) -> list[Claim]:
     splits = load_dataset("bev_rectangles", **params)
     optim = {"optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "cosine", "warmup_steps": 20},
              "progress": False, "tensorboard": False}
-    with one_thread():
-        ctx.train("teacher", {"seed": 0, "data": dict(data, student_view="x_clean", eval_view="x_clean"), "student": MODEL,
-                              "objectives": TASK, "train": {"epochs": s["teacher_epochs"], "eval_every": s["teacher_epochs"], **optim}})
-        teacher_ap = _ap(ctx.out / "teacher", splits, "x_clean")
-        weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-        teacher = {"kind": "frozen", "view": "x_clean", "model": dict(MODEL, checkpoint=weights)}
-        variants = {
-            "none": {"objectives": TASK},
-            "dense": {"teacher": teacher, "objectives": TASK + DENSE},
-            "unidistill": {"teacher": teacher, "objectives": TASK + UNIDISTILL},
-        }
-        ap: dict[str, list[float]] = {name: [] for name in variants}
-        for seed in ctx.seeds:
-            for name, v in variants.items():
-                raw = {"seed": seed, "data": data, "student": MODEL, **v,
-                       "train": {"epochs": s["epochs"], "eval_every": s["epochs"], **optim}}
-                ctx.train(f"{name}/seed{seed}", raw)
-                ap[name].append(_ap(ctx.out / name / f"seed{seed}", splits, "x"))
-                ctx.log(f"    {name} seed {seed}: heatmap AP {ap[name][-1]:.4f}")
+    ctx.train("teacher", {"seed": 0, "data": dict(data, student_view="x_clean", eval_view="x_clean"), "student": MODEL,
+                          "objectives": TASK, "train": {"epochs": s["teacher_epochs"], "eval_every": s["teacher_epochs"], **optim}})
+    teacher_ap = _ap(ctx.out / "teacher", splits, "x_clean")
+    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
+    teacher = {"kind": "frozen", "view": "x_clean", "model": dict(MODEL, checkpoint=weights)}
+    variants = {
+        "none": {"objectives": TASK},
+        "dense": {"teacher": teacher, "objectives": TASK + DENSE},
+        "unidistill": {"teacher": teacher, "objectives": TASK + UNIDISTILL},
+    }
+    ap: dict[str, list[float]] = {name: [] for name in variants}
+    for seed in ctx.seeds:
+        for name, v in variants.items():
+            raw = {"seed": seed, "data": data, "student": MODEL, **v,
+                   "train": {"epochs": s["epochs"], "eval_every": s["epochs"], **optim}}
+            ctx.train(f"{name}/seed{seed}", raw)
+            ap[name].append(_ap(ctx.out / name / f"seed{seed}", splits, "x"))
+            ctx.log(f"    {name} seed {seed}: heatmap AP {ap[name][-1]:.4f}")
     claims = [
         better("The three foreground distillation losses improve the student detector",
                ap["unidistill"], ap["none"], a_name="unidistill", b_name="none", metric="heatmap AP"),

@@ -45,7 +45,6 @@ from ..models import build_model
 from ..training_only import export_student, inference_cost
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import fast_train
-from ._threads import one_thread
 
 STUDENT = {"dim": 32, "depth": 2, "heads": 4, "latent_dim": 32}
 TEACHER = {"dim": 32, "latent_dim": 32, "mode": "box_teacher"}
@@ -66,11 +65,6 @@ def _student_config(seed: int, epochs: int, teacher_weights: str | None) -> dict
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     splits = load_dataset("digit_grid", **DATA["params"])
     teacher_acc = ctx.train("teacher", {"seed": 0, "data": DATA, "student": {"name": "grid_vqa_transformer", "params": TEACHER},

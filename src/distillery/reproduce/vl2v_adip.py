@@ -51,7 +51,6 @@ from ..models import build_model
 from ..recipes.vl2v_adip import align_student
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import fast_train
-from ._threads import one_thread
 
 TEACHER = {"image_dim": 64, "text_dim": 10, "hidden": [256], "embed_dim": 64}
 PRETRAINED = {"image_dim": 64, "hidden": [128], "embed_dim": None, "head": "linear"}
@@ -102,11 +101,6 @@ def evaluate(model: torch.nn.Module, tests: dict[str, Any]) -> dict[str, float]:
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     tests = {d: load_dataset("ood_digits", test_domain=d) for d in DOMAINS}
     shape = tests["clean"].input_shape

@@ -43,7 +43,6 @@ from ..models import build_model
 from ..retrieval import few_shot_probe, zero_shot_accuracy
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import fast_train
-from ._threads import one_thread
 
 SEEN, UNSEEN = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 TEACHER = {"image_dim": 64, "text_dim": 14, "hidden": [256], "embed_dim": 64}
@@ -101,11 +100,6 @@ def evaluate(image: torch.Tensor, bank: torch.Tensor, splits: Any, probe_image: 
 
 
 def run(ctx: Context) -> list[Claim]:
-    with one_thread():
-        return _run(ctx)
-
-
-def _run(ctx: Context) -> list[Claim]:
     s = _settings(ctx.quick)
     full = load_dataset("attribute_digits", captions="class", negatives=False)
     ctx.train("teacher", _teacher_config(s["teacher_epochs"]))
