@@ -284,3 +284,19 @@ def test_cmd_step_is_intra_dino_plus_inter_level_on_the_same_crops():
     torch.testing.assert_close(losses["intra"], intra)
     torch.testing.assert_close(losses["inter"], inter)
     torch.testing.assert_close(losses["loss"].detach(), intra + 0.5 * inter)
+
+
+def test_shipped_dino_config_is_the_reproductions_teacher_temperature_0_02_setting():
+    """configs/dino_digits.yaml is what `distillery reproduce dino` trains as 'both_t0.02'."""
+    from pathlib import Path
+
+    import yaml
+
+    from distillery.reproduce.dino import SETTINGS, config
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "dino_digits.yaml").read_text())
+    shipped.pop("name")
+    expected = config(*SETTINGS["both_t0.02"], seed=0, epochs=30)
+    for quiet in ("progress", "tensorboard"):  # the reproduction's runs are silent
+        expected["train"].pop(quiet)
+    assert shipped == expected

@@ -15,12 +15,11 @@ from distillery.objectives import (
     MomentumQueue,
     SoftContrastive,
     dino_loss,
+    dino_target_statistics,
     dino_teacher_temperature,
     infonce_loss,
     soft_contrastive_loss,
 )
-
-
 
 
 def randn(*shape, dtype=torch.float64, seed=0):
@@ -299,3 +298,71 @@ def test_dino_gradcheck_and_errors():
         loss(randn(2, 5), randn(2, 5))
     with pytest.raises(ShapeError, match=r"\[3, 2, 4\].*\[2, 3, 4\]"):
         loss(s.detach(), randn(2, 3, 4))
+
+
+def test_dino_target_statistics_against_numpy_and_at_both_collapses():
+    K = 5
+    t, c = randn(7, K, seed=40).numpy(), randn(K, seed=41).numpy() * 0.2
+    z = (t - c) / 0.05
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ent = float(np.mean([-sum(q * math.log(q) for q in row if q > 0) for row in p]))
+    pbar = p.mean(0)
+    marg = float(-sum(q * math.log(q) for q in pbar if q > 0))
+    kl = float(np.mean([sum(q * math.log(q / m) for q, m in zip(row, pbar) if q > 0) for row in p]))
+    got = dino_target_statistics(torch.from_numpy(t).float(), torch.from_numpy(c).float()[None], 0.05)
+    assert got["entropy"] == pytest.approx(ent, abs=1e-5)
+    assert got["marginal_entropy"] == pytest.approx(marg, abs=1e-5)
+    assert got["mutual_information"] == pytest.approx(kl, abs=1e-5)  # H(mean P) - mean H(P) = mean KL(P_i || mean P)
+    # every sample's output equals the center: uniform targets
+    same = torch.randn(1, K).expand(6, K)
+    u = dino_target_statistics(same, same[0], 0.04)
+    assert u["entropy"] == pytest.approx(math.log(K)) and u["mutual_information"] == pytest.approx(0.0, abs=1e-12)
+    # one dimension dominates every sample and there is no center: one-hot targets
+    one = torch.zeros(6, K)
+    one[:, 2] = 1.0
+    o = dino_target_statistics(one + 0.01 * torch.randn(6, K), None, 0.001)
+    assert o["marginal_entropy"] < 1e-6 and o["entropy"] < 1e-6
+    with pytest.raises(ShapeError, match="center"):
+        dino_target_statistics(torch.zeros(3, K), torch.zeros(K + 1), 0.1)
+
+
+def test_dino_centering_alone_collapses_to_uniform_and_sharpening_alone_to_one_dimension():
+    """Caron et al. 2021, Fig. 7, in miniature: an MLP with a DINO head on noisy, masked views
+    of digits, an EMA teacher; the final targets' entropies show each collapse, and both
+    operations together keep the targets informative about the sample."""
+    from sklearn.datasets import load_digits
+
+    from distillery import Distiller, EMATeacher, Term
+    from distillery.models.multicrop import DINOHead
+
+    x = torch.tensor(load_digits().data, dtype=torch.float32) / 16  # [1797, 64]
+    K = 64
+
+    def two_views(batch, g=torch.Generator().manual_seed(0)):
+        v = batch["x"].expand(2, *batch["x"].shape)
+        return v * (torch.rand(v.shape, generator=g) > 0.3) + 0.1 * torch.randn(v.shape, generator=g)
+
+    def train(teacher_temperature: float, center_momentum: float) -> dict[str, float]:
+        torch.manual_seed(0)
+        student = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 64),
+                                      DINOHead(64, K, hidden=64, bottleneck=16))
+        dino = DINOLoss(K, 0.1, teacher_temperature, teacher_temperature, center_momentum=center_momentum)
+        d = Distiller(student, EMATeacher(student, momentum=0.99, final_momentum=None), [Term("dino", dino)],
+                      student_view=two_views)
+        opt = torch.optim.AdamW(d.trainable_parameters(), lr=1e-3, weight_decay=0.04)
+        for _ in range(30):
+            for i in range(0, len(x) - 127, 128):
+                d.step({"x": x[i : i + 128]})["loss"].backward()
+                opt.step()
+                opt.zero_grad()
+                d.update()
+        with torch.no_grad():
+            return dino_target_statistics(d.teacher.model(x), dino.center, teacher_temperature)
+
+    centering = train(0.1, 0.9)
+    sharpening = train(0.04, 1.0)  # momentum 1: the center stays 0
+    both = train(0.04, 0.9)
+    assert centering["entropy"] > 0.98 * math.log(K) and centering["mutual_information"] < 0.02
+    assert sharpening["marginal_entropy"] < 0.05 * math.log(K) and sharpening["mutual_information"] < 0.02
+    assert both["mutual_information"] > 0.1

@@ -61,7 +61,7 @@ from .dcd import (  # registers "dcd", "pairwise_score_ce" (DCD)
     dcd_loss,
     pairwise_score_ce_loss,
 )
-from .dino import DINOLoss, dino_loss, dino_teacher_temperature
+from .dino import DINOLoss, dino_loss, dino_target_statistics, dino_teacher_temperature
 from .divergence import (
     DKD,
     GeneralizedJSD,
@@ -168,6 +168,7 @@ __all__ = [
     "cross_entropy_loss",
     "dense_kd_loss",
     "dino_loss",
+    "dino_target_statistics",
     "cross_level_dino_loss",
     "hard_negative_contrast_loss",
     "dino_teacher_temperature",

@@ -14,7 +14,7 @@ from ..registry import OBJECTIVES
 from ._common import check_reduction, check_temperature, reduce, shape_str, upcast
 from .base import Objective
 
-__all__ = ["DINOLoss", "dino_loss", "dino_teacher_temperature"]
+__all__ = ["DINOLoss", "dino_loss", "dino_target_statistics", "dino_teacher_temperature"]
 
 
 def dino_teacher_temperature(
@@ -26,6 +26,36 @@ def dino_teacher_temperature(
     frac = max(step, 0) / warmup_steps
     span = teacher_temperature - warmup_teacher_temperature
     return float(warmup_teacher_temperature + span * frac)
+
+
+@torch.no_grad()
+def dino_target_statistics(teacher: Tensor, center: Tensor | None, teacher_temperature: float) -> dict[str, float]:
+    """Collapse diagnostics of DINO's teacher targets ``P_i = softmax((t_i - c) / tau_t)``.
+
+    ``teacher``: outputs ``[N, K]`` over a set of samples; ``center``: ``[K]`` or ``[1, K]``
+    (``None``: zeros). Returns, in nats:
+
+    * ``entropy``: ``mean_i H(P_i)``, the per-sample target entropy; ``ln K`` under the
+      collapse to the uniform distribution (centering without enough sharpening);
+    * ``marginal_entropy``: ``H(mean_i P_i)``; 0 under the collapse to one dimension
+      (sharpening without centering);
+    * ``mutual_information``: ``marginal_entropy - entropy = mean_i KL(P_i || mean_j P_j)``,
+      the information the targets carry about the sample: 0 under either collapse.
+
+    Caron et al. 2021 (arXiv:2104.14294, Sec. 5.3 and Fig. 7) track the same two entropies to
+    show that centering and sharpening each avoid one of the collapses.
+    """
+    tau = check_temperature("teacher_temperature", teacher_temperature)
+    t = teacher.detach().double().reshape(-1, teacher.shape[-1])
+    c = torch.zeros(t.shape[-1], dtype=t.dtype, device=t.device) if center is None else center.detach().to(t).reshape(-1)
+    if c.shape[0] != t.shape[-1]:
+        raise ShapeError(f"dino_target_statistics: center {shape_str(center)} does not match outputs {shape_str(teacher)}.")
+    log_p = F.log_softmax((t - c) / tau, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1).mean()
+    marginal = log_p.exp().mean(0)
+    marginal_entropy = -(marginal * marginal.clamp_min(torch.finfo(t.dtype).tiny).log()).sum()
+    return {"entropy": float(entropy), "marginal_entropy": float(marginal_entropy),
+            "mutual_information": float(marginal_entropy - entropy)}
 
 
 def _views(name: str, x: Tensor) -> Tensor:

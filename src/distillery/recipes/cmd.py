@@ -113,19 +113,26 @@ def marker_attention_mass(attention: torch.Tensor, boxes: torch.Tensor, image_hw
     return (attention * hit.to(attention.dtype)).sum(1)
 
 
-def load_teacher_weights(run_dir: str | Path, model: nn.Module) -> nn.Module:
-    """Load the EMA teacher of a finished run (``run_dir/checkpoints``, keys ``teacher.model.*``)
-    into ``model`` (a network of the student's architecture); returns it in eval mode."""
+def load_run_state(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The distiller's weights and buffers at the last checkpoint of a finished run
+    (``run_dir/checkpoints``): ``teacher.model.*`` (the EMA teacher), ``objectives.<name>.*``
+    (e.g. a DINO center), ``student.*``."""
     from safetensors.torch import load_file
 
     root = Path(run_dir) / "checkpoints"
     pointer = root / "latest.json"
     if not pointer.is_file():
         raise CheckpointError(f"{root} holds no checkpoint to read the teacher from.")
-    weights = load_file(str(root / json.loads(pointer.read_text())["dir"] / "model.safetensors"))
+    return load_file(str(root / json.loads(pointer.read_text())["dir"] / "model.safetensors"))
+
+
+def load_teacher_weights(run_dir: str | Path, model: nn.Module) -> nn.Module:
+    """Load the EMA teacher of a finished run (``run_dir/checkpoints``, keys ``teacher.model.*``)
+    into ``model`` (a network of the student's architecture); returns it in eval mode."""
+    weights = load_run_state(run_dir)
     prefix = "teacher.model."
     state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     if not state:
-        raise CheckpointError(f"The checkpoint in {root} has no EMA teacher weights ({prefix}*).")
+        raise CheckpointError(f"The checkpoint in {Path(run_dir) / 'checkpoints'} has no EMA teacher weights ({prefix}*).")
     model.load_state_dict(state)
     return model.eval()
