@@ -12,7 +12,7 @@ Both loops train the same modules, each with its own optimizer. Steps of the two
 alternate one by one after warm-up, so a slow period of a shared machine affects both sides
 alike; each repeat takes the median step time of each side, a process's figure is the median
 over repeats of the ratio distillery / hand, and the row is the median over 3 fresh processes
-(1 with ``--quick``).
+(1 with ``--quick``). On CPU both loops run with one intra-op thread (see :func:`measure`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,23 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
-    """The row as measured in this process (see :func:`benchmark`)."""
+    """The row as measured in this process (see :func:`benchmark`), with one intra-op thread
+    on CPU: with two threads on the shared 2-core VM the step times of both loops moved by
+    +-10% between processes (other load delays one of the two threads of every matrix
+    product), which swamped the engine's own cost; one thread measures that cost. The caller's
+    thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        row = _measure(quick, device)
+    finally:
+        torch.set_num_threads(threads)
+    row["detail"]["intra_op_threads"] = 1 if device == "cpu" else threads
+    return row
+
+
+def _measure(quick: bool, device: str) -> dict[str, Any]:
     from distillery import Distiller, FrozenTeacher, Term, Trainer
     from distillery.data import ArrayDataset
     from distillery.objectives import CrossEntropy, SoftTargetKD
