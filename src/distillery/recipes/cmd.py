@@ -126,10 +126,11 @@ def load_run_state(run_dir: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(root / json.loads(pointer.read_text())["dir"] / "model.safetensors"))
 
 
-def load_teacher_weights(run_dir: str | Path, model: nn.Module) -> nn.Module:
+def load_teacher_weights(run_dir: str | Path, model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Load the EMA teacher of a finished run (``run_dir/checkpoints``, keys ``teacher.model.*``)
-    into ``model`` (a network of the student's architecture); returns it in eval mode."""
-    weights = load_run_state(run_dir)
+    into ``model`` (a network of the student's architecture); returns it in eval mode.
+    ``state``: the run's :func:`load_run_state`, when the caller has read it already."""
+    weights = load_run_state(run_dir) if state is None else state
     prefix = "teacher.model."
     state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     if not state:

@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ..data import load_dataset
 from ..models.multicrop import multicrop_convnet
 from ..objectives import dino_target_statistics
+from ..probes import extract_features
 from ..recipes.cmd import load_run_state, load_teacher_weights
 from . import Claim, Context, Reproduction, mean_std, register
 
@@ -77,19 +76,17 @@ def _every(claim: str, rule: str, figures: dict[str, list[float]], key: str, ok)
 def run(ctx: Context) -> list[Claim]:
     epochs = 10 if ctx.quick else 30
     splits = load_dataset("digits")
-    x_test = torch.stack([splits.test[i]["x"] for i in range(len(splits.test))])
     stats: dict[str, dict[str, list[float]]] = {s: {"entropy": [], "marginal_entropy": [], "mutual_information": []}
                                                 for s in SETTINGS}
     for seed in ctx.seeds:
         for setting, (tau_t, momentum) in SETTINGS.items():
             name = f"{setting}/seed{seed}"
             ctx.train(name, config(tau_t, momentum, seed, epochs))
+            state = load_run_state(ctx.out / name)  # EMA teacher and DINO center, read once
             net = multicrop_convnet(splits.input_shape, channels=CHANNELS, pool="mean", out_dim=OUT_DIM)
-            teacher = load_teacher_weights(ctx.out / name, net)
-            with torch.no_grad():
-                logits = teacher(x_test)["logits"]
-            center = load_run_state(ctx.out / name)["objectives.dino.center"]
-            figures = dino_target_statistics(logits, center, tau_t)
+            teacher = load_teacher_weights(ctx.out / name, net, state)
+            logits, _ = extract_features(teacher, splits.test, "logits")
+            figures = dino_target_statistics(logits, state["objectives.dino.center"], tau_t)
             for k, v in figures.items():
                 stats[setting][k].append(v)
             ctx.log(f"  {name}: target entropy {figures['entropy']:.3f}, entropy of the mean target "
