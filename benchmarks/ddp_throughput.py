@@ -27,7 +27,7 @@ def worker(out: str, epochs: int) -> None:
     import torch
 
     from distillery import Distiller, EMATeacher, Term, Trainer
-    from distillery import distributed as D
+    from distillery.engine import distributed as D
     from distillery.data import gaussian_mixture
     from distillery.models import build_model
     from distillery.objectives import CrossEntropy, SoftTargetKD

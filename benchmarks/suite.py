@@ -151,7 +151,7 @@ def write_docs(report: dict[str, Any], path: Path) -> None:
     """Replace the generated block of ``path`` (between the bench markers) with the table."""
     block = f"{BLOCK_BEGIN}\n\n{format_markdown(report)}\n\n{BLOCK_END}"
     from distillery.engine.checkpoint import atomic_write_text
-    from distillery.report import replace_block
+    from distillery.evaluation.report import replace_block
 
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
     atomic_write_text(path, replace_block(text, BLOCK_BEGIN, BLOCK_END, block))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from distillery.adapters import ADAPTER_KINDS, make_adapter
+from distillery.taps.adapters import ADAPTER_KINDS, make_adapter
 from distillery.errors import DistilleryError, ShapeError
 
 

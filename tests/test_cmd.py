@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distillery.data.fine_grained import fine_grained_digits
+from distillery.data.miniature.fine_grained import fine_grained_digits
 from distillery.data.multicrop import MultiCrop, crop_resize, sample_boxes
 from distillery.errors import ConfigError, ShapeError
 from distillery.models.mil import MeanPool, MILAttentionPool, mil_attention
 from distillery.models.multicrop import DINOHead, multicrop_convnet
 from distillery.objectives import CrossLevelDINO, cross_level_dino_loss
 from distillery.objectives.cross_level import level_cross_entropy
-from distillery.probes import extract_features, label_recall_at_k, linear_probe_accuracy
+from distillery.evaluation.probes import extract_features, label_recall_at_k, linear_probe_accuracy
 from distillery.recipes.cmd import (
     cmd_distiller,
     cmd_student,

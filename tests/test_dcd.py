@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from distillery import Distiller, FrozenTeacher
-from distillery.difficulty import DifficultyWeight, difficulty_weights
+from distillery.weighting.difficulty import DifficultyWeight, difficulty_weights
 from distillery.errors import ConfigError, ShapeError
-from distillery.mining import candidate_set, mine_hard_negatives
+from distillery.objectives.mining import candidate_set, mine_hard_negatives
 from distillery.models import build_model
 from distillery.objectives.dcd import (
     DynamicContrastiveDistillation,

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillery.data import load_dataset
-from distillery.data.bands import ZeroBands, make_bands
+from distillery.data.miniature.bands import ZeroBands, make_bands
 from distillery.errors import ConfigError, ShapeError
 from distillery.models import build_model
-from distillery.models.bands import BandAdapter
+from distillery.models.miniature.bands import BandAdapter
 from distillery.recipes.deo import RECIPE, deo_distiller, single_teacher_distiller
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from distillery import FrozenTeacher, TeacherBank
 from distillery.config import parse_config
 from distillery.data import ArrayDataset, load_dataset
-from distillery.data.source_domains import source_domain_transform
+from distillery.data.miniature.source_domains import source_domain_transform
 from distillery.errors import ConfigError, DataError, ShapeError
 from distillery.models.rehead import Reheaded, fit_linear_head
 from distillery.objectives import ConfidencePseudoLabel, pseudo_label_loss
@@ -24,7 +24,7 @@ from distillery.recipes.distill_weighted import (
     distill_weighted_distiller,
     score_sources,
 )
-from distillery.similarity import (
+from distillery.weighting.similarity import (
     SimilarityWeight,
     knn_task_similarity,
     leep,

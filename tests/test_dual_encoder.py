@@ -12,7 +12,7 @@ from distillery.engine.distiller import Term
 from distillery.errors import ConfigError
 from distillery.models import build_model
 from distillery.objectives import InfoNCE
-from distillery.retrieval import retrieval_metrics
+from distillery.evaluation.retrieval import retrieval_metrics
 
 
 def test_towers_see_their_own_slice_of_the_row():
@@ -72,7 +72,7 @@ def test_a_dual_encoder_run_writes_retrieval_predictions_and_a_report(tmp_path):
     assert set(preds) == {"student_image", "student_text", "y"} and preds["student_image"].shape == (450, 8)
     assert summary["final"] == pytest.approx(retrieval_metrics(preds["student_image"], preds["student_text"], ks=(1, 5), labels=preds["y"]))
     # the report lists retrieval figures and draws no reliability diagram (there are no logits)
-    from distillery.report import write_report
+    from distillery.evaluation.report import write_report
 
     (tmp_path / "run" / "metrics.jsonl").write_text("")      # no curves to plot here
     report = write_report(tmp_path / "run").read_text()

@@ -12,7 +12,7 @@ from distillery import Distiller, FrozenTeacher, GradientGuidedModulation, Term
 from distillery.config import parse_config
 from distillery.engine.build import build_distiller, build_terms
 from distillery.errors import ConfigError
-from distillery.gam import gam_update, gradient_share
+from distillery.weighting.gam import gam_update, gradient_share
 from distillery.objectives import CrossEntropy, FeatureCosine
 from distillery.recipes.gam import calibrate_rho, injection_terms
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from distillery.data import digits, load_dataset
-from distillery.data.fov import FieldOfView, fov_mask
-from distillery.data.localization import RING_OFFSETS, ring_cells
+from distillery.data.miniature.fov import FieldOfView, fov_mask
+from distillery.data.miniature.localization import RING_OFFSETS, ring_cells
 from distillery.errors import ConfigError, ShapeError
 from distillery.models import build_model
 from distillery.recipes.geodistill import (

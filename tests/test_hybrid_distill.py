@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distillery import taps
-from distillery.attention_metrics import (
+from distillery.evaluation.attention import (
     attention_distance,
     attention_entropy,
     attention_statistics,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillery import Distiller, FrozenTeacher, Term
-from distillery import surgery
+from distillery.models import surgery
 from distillery.errors import ConfigError
 from distillery.models import build_model
 from distillery.models.linear_attention import LinearAttention, linear_attention, linearize_attention

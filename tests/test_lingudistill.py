@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from distillery import FrozenTeacher
 from distillery.data import load_dataset
-from distillery.data.language import (
+from distillery.data.miniature.language import (
     _INTRANS,
     _NOUN,
     _VERB,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from distillery.data.procedural import intensity_bins, pixel_centers, procedural_image
+from distillery.data.miniature.procedural import intensity_bins, pixel_centers, procedural_image
 from distillery.engine.blocks import RoundRobinBlocks
 from distillery.errors import ConfigError, ShapeError
-from distillery.models.block_field import BlockLatentField, block_field
+from distillery.models.miniature.block_field import BlockLatentField, block_field
 from distillery.recipes.momentum_gs import (
     momentum_gs_loss,
     psnr,

@@ -10,7 +10,7 @@ from torch import nn
 
 from distillery.errors import ConfigError
 from distillery.models import build_model, vit
-from distillery.surgery import add_registers, freeze_except
+from distillery.models.surgery import add_registers, freeze_except
 from distillery.teachers import DenseTTATeacher
 from distillery.teachers.tta import GridWarp, grid_warps
 

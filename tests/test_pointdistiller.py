@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from distillery.errors import ConfigError, ShapeError
-from distillery.graph import edge_features, gather_neighbors, importance_weights, knn_indices, point_importance, top_importance
+from distillery.objectives.knn_graph import edge_features, gather_neighbors, importance_weights, knn_indices, point_importance, top_importance
 from distillery.objectives import LocalGraphKD
 from distillery.objectives.local_graph import EdgeEncoder, local_graph_loss
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from distillery import Distiller, FrozenTeacher, Term
-from distillery import surgery
+from distillery.models import surgery
 from distillery.errors import ConfigError, ShapeError
-from distillery.layer_similarity import (
+from distillery.evaluation.layer_similarity import (
     LayerProfile,
     boundary_features,
     find_redundant_intervals,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distillery.errors import ConfigError, ShapeError
-from distillery.retrieval import (
+from distillery.evaluation.retrieval import (
     few_shot_probe,
     hard_negative_accuracy,
     recall_at_k,

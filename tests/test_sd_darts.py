@@ -16,7 +16,7 @@ from distillery.engine.build import build_teacher
 from distillery.errors import ConfigError
 from distillery.models import build_model
 from distillery.recipes.sd_darts import darts_distiller, discretized, sd_darts_distiller
-from distillery.sharpness import hessian_vector_product, top_hessian_eigenvalue
+from distillery.evaluation.sharpness import hessian_vector_product, top_hessian_eigenvalue
 from distillery.teachers import VotingSnapshotTeacher
 from distillery.teachers.voting import vote_probs
 

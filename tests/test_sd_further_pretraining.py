@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from distillery.config import parse_config
 from distillery.data import load_dataset
-from distillery.data.domains import domain_shift
+from distillery.data.miniature.domains import domain_shift
 from distillery.errors import ConfigError, ShapeError
 from distillery.models import build_model, vit
 from distillery.models.mae import encoder_state_dict, patchify
@@ -212,7 +212,7 @@ def fake_mnist1d(unlabeled=0, seed=42, unlabeled_seed=1):
 
 @pytest.fixture
 def small_mnist1d(monkeypatch):
-    from distillery.data import domains
+    from distillery.data.miniature import domains
 
     monkeypatch.setattr(domains, "mnist1d", fake_mnist1d)
 

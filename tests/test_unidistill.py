@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distillery.errors import ShapeError
-from distillery.foreground import (
+from distillery.objectives.foreground_grid import (
     box_keypoints,
     center_average_precision,
     gaussian_center_mask,

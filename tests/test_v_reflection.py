@@ -12,17 +12,17 @@ from torch import nn
 
 from distillery import capture
 from distillery.data import load_dataset
-from distillery.data.digit_grid import box_mask
+from distillery.data.miniature.digit_grid import box_mask
 from distillery.engine import checkpoint as ckpt
 from distillery.errors import ConfigError, ShapeError
 from distillery.models import build_model
-from distillery.models.grid_vqa import (
+from distillery.models.miniature.grid_vqa import (
     BoxGuidedCompression,
     CrossAttentionProbe,
     patchify,
 )
 from distillery.recipes.v_reflection import export, v_reflection_distiller
-from distillery.training_only import (
+from distillery.taps.training_only import (
     export_state_dict,
     inference_cost,
     mark_training_only,

@@ -12,7 +12,7 @@ import torch
 
 from distillery import BlackBoxTeacher, FrozenTeacher
 from distillery.data import load_dataset
-from distillery.data.ood_digits import corrupt_digits, rotate_images
+from distillery.data.miniature.ood_digits import corrupt_digits, rotate_images
 from distillery.errors import ConfigError
 from distillery.models import build_model
 from distillery.recipes.vl2v_adip import (

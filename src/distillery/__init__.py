@@ -18,7 +18,7 @@ from .errors import (
     ShapeError,
     TapError,
 )
-from .gam import GradientGuidedModulation
+from .weighting.gam import GradientGuidedModulation
 from .taps import capture
 from .teachers import (
     BlackBoxTeacher,

@@ -51,7 +51,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from . import registry
-    from .catalog import load_all
+    from .registry import load_all
 
     load_all()
     sections = [
@@ -73,7 +73,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .evaluation.report import write_report
 
     path = write_report(Path(args.run_dir))
     print(f"report: {path}")
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; a run can be continued with --resume from its last checkpoint", file=sys.stderr)
         return 130
     finally:
-        from . import distributed as D
+        from .engine import distributed as D
 
         D.shutdown(synchronize=ok)
 

@@ -149,7 +149,7 @@ def run_demo(out: Path, *, quick: bool = False, overwrite: bool = False, seeds: 
 def write_demo_report(out: Path, summary: dict[str, Any]) -> Path:
     """``report.md`` of the demo: the table, an accuracy bar chart, and the per-run plots of seed 0."""
     from .engine.logger import read_metrics
-    from .report import _plt, plot_eval_curves, plot_learning_curves, plot_reliability
+    from .evaluation.report import _plt, plot_eval_curves, plot_learning_curves, plot_reliability
 
     plt = _plt()
     rows = summary["rows"]

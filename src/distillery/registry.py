@@ -92,3 +92,9 @@ DATASETS = Registry("dataset")
 MODELS = Registry("model")
 VIEWS = Registry("view")
 RECIPES = Registry("recipe")
+
+
+def load_all() -> None:
+    """Import every package that registers components, so that every registry is complete
+    (``distillery list``)."""
+    from . import data, models, objectives, recipes, teachers, weighting  # noqa: F401

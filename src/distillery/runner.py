@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from . import distributed as D
+from .engine import distributed as D
 from .config import FitCfg, FrozenTeacherCfg, RunConfig, dump_config
 from .engine import checkpoint as ckpt
 from .engine.build import (
@@ -186,7 +186,7 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, overwrite: bool = Fa
     )
     summary = trainer.fit(resume=resume)
     if report and D.is_main():
-        from .report import write_report
+        from .evaluation.report import write_report
 
         write_report(out)
     return summary

@@ -9,8 +9,8 @@ import torch.distributed as dist
 from torch import nn
 
 from distillery import Distiller, Term
-from distillery import distributed as D
-from distillery.gam import GradientGuidedModulation
+from distillery.engine import distributed as D
+from distillery.weighting.gam import GradientGuidedModulation
 from distillery.objectives import CrossEntropy, FeatureMSE
 
 dist.init_process_group("gloo")

@@ -37,7 +37,6 @@ from .views import (
 
 __all__ = [
     "datasets",
-    "domains",
     "paired",
     "views",
     "ArrayDataset",

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from .._callargs import check_params
+from ..config.signatures import check_params
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .._callargs import check_params
+from ..config.signatures import check_params
 from ..errors import ConfigError
 from ..registry import VIEWS
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from .._callargs import check_params
+from ..config.signatures import check_params
 from ..batch import BatchView
 from ..config import (
     AnchoredTeacherCfg,
@@ -206,7 +206,7 @@ def build_distiller(cfg: RunConfig, student: nn.Module, teacher: Teacher | None,
         g = cfg.weighting.gradnorm
         balancer = GradNormBalancer(g.task, dict(g.ratios), g.params, g.every, g.momentum, g.min_weight, g.max_weight)
     elif getattr(cfg.weighting, "gam", None) is not None:
-        from ..gam import GradientGuidedModulation
+        from ..weighting.gam import GradientGuidedModulation
 
         g = cfg.weighting.gam
         balancer = GradientGuidedModulation(g.task, g.term, g.params, g.rho, g.delta, g.initial, g.every, g.default, g.max_factor)

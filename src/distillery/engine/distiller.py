@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .. import taps
-from ..adapters import make_adapter
+from ..taps.adapters import make_adapter
 from ..batch import Batch, BatchView, as_batch_view
 from ..errors import ConfigError, NonFiniteLossError, ShapeError, TapError
 from ..objectives.base import Objective

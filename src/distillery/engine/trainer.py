@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .. import distributed as D
-from .. import metrics as M
+from . import distributed as D
+from ..evaluation import metrics as M
 from ..batch import as_batch_view, to_device
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from . import checkpoint as ckpt
@@ -233,14 +233,14 @@ class Trainer:
 
         A two-tower student (see :meth:`predict`) is evaluated by image<->text retrieval
         instead: ``i2t_r1``, ``t2i_r1``, ``r1`` (their mean), the same at 5, and class-level
-        ``class_*`` variants (:func:`distillery.retrieval.retrieval_metrics`).
+        ``class_*`` variants (:func:`distillery.evaluation.retrieval.retrieval_metrics`).
         """
         dataset = dataset if dataset is not None else self.eval_data
         if dataset is None:
             return {}
         preds = self.predict(dataset)
         if "student" not in preds and "student_image" in preds:
-            from ..retrieval import retrieval_metrics
+            from ..evaluation.retrieval import retrieval_metrics
 
             return retrieval_metrics(preds["student_image"], preds["student_text"], ks=(1, 5), labels=preds["y"])
         s, y = preds["student"], preds["y"]

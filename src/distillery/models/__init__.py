@@ -14,13 +14,13 @@ from typing import Any
 
 from torch import nn
 
-from .._callargs import accepts, check_params
+from ..config.signatures import accepts, check_params
 from ..errors import ConfigError
 from ..registry import MODELS
 from ..registry import import_submodules as _import_submodules
 from .dual import DualEncoder, dual_encoder
 from .mae import MaskedAutoencoder, mae_vit
-from .nas import DartsSupernet, darts
+from .miniature.nas import DartsSupernet, darts
 from .reference import MLP, ConvNet, ResNet, ViT, cnn1d, cnn2d, mlp, resnet, vit
 
 _import_submodules(__name__, __path__)  # every module registers its models

@@ -12,7 +12,7 @@ text with another, and returns a dict of signals that objectives address as
   hold hard-negative captions.
 
 A dict output without ``logits`` makes the :class:`~distillery.engine.Trainer` evaluate the
-model by image<->text retrieval (:func:`distillery.retrieval.retrieval_metrics`).
+model by image<->text retrieval (:func:`distillery.evaluation.retrieval.retrieval_metrics`).
 
 Module paths (for taps): ``image_encoder.layers.0.fc``, ``image_encoder.layers.0.act``, ...,
 ``image_encoder.proj``, and the same under ``text_encoder``.

@@ -20,7 +20,7 @@ query sees every key (non-causal) and the weights ``q_i^T k_j / sum_j q_i^T k_j`
 * :class:`LinearAttention` (``qkv``, ``q_map``, ``k_map``, ``proj``: the reference
   :class:`~distillery.models.reference.Attention`'s names, so taps keep their paths);
 * :func:`linearize_attention` swaps every softmax attention of a model in place
-  (:func:`distillery.surgery.swap_modules`);
+  (:func:`distillery.models.surgery.swap_modules`);
 * ``linear_vit`` (registered): a ``vit`` with linear attention; ``inherit_teacher_weights``
   copies a softmax ``vit`` teacher's weights in when the distiller is built.
 """
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import surgery
+from . import surgery
 from ..errors import ConfigError, ShapeError
 from ..registry import MODELS
 from .reference import Attention, ViT, vit

@@ -5,7 +5,7 @@ so any contiguous interval of blocks can be removed and the rest still composes;
 ``i``'s output is the signal ``blocks.i`` and its input ``blocks.i:input`` (taps).
 
 ``residual_mlp(..., depth=12, remove=[3, 4, 5])`` builds the 12-block layout and removes
-the listed blocks (indices of the full stack) with :func:`distillery.surgery.remove_blocks`;
+the listed blocks (indices of the full stack) with :func:`distillery.models.surgery.remove_blocks`;
 with ``inherit_teacher_weights=True`` a frozen teacher that is the full ``residual_mlp``
 (same ``width`` and ``depth``) gives the pruned student its weights when the distiller is
 built (:meth:`ResidualMLP.init_from_teacher`), which is how a config expresses "prune the
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .. import surgery
+from . import surgery
 from ..errors import ConfigError
 from ..registry import MODELS
 
@@ -104,7 +104,7 @@ def residual_mlp(
 
     Each block: ``norm`` (LayerNorm), ``fc1`` (width -> mlp_ratio * width), ``act`` (GELU),
     ``fc2``, plus the residual. ``remove``: block indices (of the ``depth`` layout) taken out;
-    the remaining blocks are renumbered ``0..`` (see :func:`distillery.surgery.block_index_map`).
+    the remaining blocks are renumbered ``0..`` (see :func:`distillery.models.surgery.block_index_map`).
     ``inherit_teacher_weights``: copy a full-depth teacher's weights in at distiller build time.
     """
     for name, v in (("width", width), ("depth", depth)):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distributed import all_gather_cat
+from ..engine.distributed import all_gather_cat
 from ..errors import ConfigError, ShapeError
 from ..registry import OBJECTIVES
 from ._common import (

@@ -15,10 +15,10 @@ student's similarities ``S = cos(image_i, text_j) / tau`` and the teacher's scor
 
 * self-learning: InfoNCE over the whole batch, ``nce_i = -log softmax(S_i)_i``;
 * teacher-mined hard negatives: the ``k`` negatives the teacher scores highest
-  (:func:`distillery.mining.candidate_set`), giving candidates ``C_i = {i} + hard_k(i)``;
+  (:func:`distillery.objectives.mining.candidate_set`), giving candidates ``C_i = {i} + hard_k(i)``;
 * contrastive distillation on those candidates: ``kl_i = KL(softmax(T_i[C_i] / tau_t) ||
   softmax(S_i[C_i]))``;
-* dynamic weighting by difficulty (:class:`distillery.difficulty.DifficultyWeight`):
+* dynamic weighting by difficulty (:class:`distillery.weighting.difficulty.DifficultyWeight`):
   ``loss_i = alpha_i * kl_i + (1 - alpha_i) * nce_i`` with ``alpha_i = p_t(i) (1 - p_s(i))``,
   the teacher's and the student's probabilities of the positive among ``C_i`` (no gradient).
 
@@ -32,9 +32,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..difficulty import DifficultyWeight
+from ..weighting.difficulty import DifficultyWeight
 from ..errors import ConfigError, ShapeError
-from ..mining import candidate_set, gather_candidates
+from .mining import candidate_set, gather_candidates
 from ..registry import OBJECTIVES
 from ._common import (
     check_reduction,
@@ -82,7 +82,7 @@ def dcd_loss(
             image ``i`` with text ``j``; divided by ``teacher_temperature``.
         temperature: the student's ``tau``.
         num_hard_negatives: ``k`` teacher-mined negatives per query (clipped to ``B - 1``).
-        weighting: the :class:`~distillery.difficulty.DifficultyWeight` (default dynamic).
+        weighting: the :class:`~distillery.weighting.difficulty.DifficultyWeight` (default dynamic).
         weights: explicit ``(alpha_i2t [B], alpha_t2i [B])`` instead of ``weighting``.
 
     Returns ``[B]`` (mean of the two directions per pair) or its mean.

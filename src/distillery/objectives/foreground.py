@@ -7,17 +7,17 @@ features ... [they] filter the effect of misaligned background information and b
 objects of different sizes."
 
 All three read the ground-truth boxes (``batch.boxes``, ``[B, M, 4]`` rows ``(r0, c0, r1, c1)``,
-padding rows empty; see :mod:`distillery.foreground`):
+padding rows empty; see :mod:`distillery.objectives.foreground_grid`):
 
 * ``fg_feature_kd`` - feature distillation: both BEV maps sampled at each object's 9 keypoints
-  (:func:`~distillery.foreground.box_keypoints`), L1 (or squared) distance averaged over the
+  (:func:`~distillery.objectives.foreground_grid.box_keypoints`), L1 (or squared) distance averaged over the
   keypoints and channels of an object;
 * ``fg_relation_kd`` - relation distillation: per object, the ``9 x 9`` cosine-similarity
   matrix of its keypoint features, student vs teacher, L1 averaged over the 81 entries (the
   channel counts may differ);
 * ``fg_response_kd`` - response distillation: L1 between the student's and the teacher's
   class-max heatmap probabilities, weighted by the Gaussian centre mask of the objects
-  (:func:`~distillery.foreground.gaussian_center_mask`), normalised by the mask's sum.
+  (:func:`~distillery.objectives.foreground_grid.gaussian_center_mask`), normalised by the mask's sum.
 
 Each object counts once whatever its area (9 samples each: the size balancing). As in the
 authors' code, the first two sum over every object of the batch and divide by the number of
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
-from ..foreground import box_keypoints, gaussian_center_mask, sample_points, valid_boxes
+from .foreground_grid import box_keypoints, gaussian_center_mask, sample_points, valid_boxes
 from ..registry import OBJECTIVES
 from ._common import check_reduction, reduce, shape_str, upcast
 from .base import Objective

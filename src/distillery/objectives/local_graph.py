@@ -9,7 +9,7 @@ on the crucial points or voxels."
 For a batch of point (or voxel, or BEV cell) features, student ``S`` ``[B, N, C_s]`` and teacher
 ``T`` ``[B, N, C_t]`` over the same N points:
 
-1. importance ``a_i`` of each point from the teacher features (:func:`~distillery.graph.point_importance`);
+1. importance ``a_i`` of each point from the teacher features (:func:`~distillery.objectives.knn_graph.point_importance`);
    the ``m`` most important points are the queries (all N when ``num_points`` is None);
 2. the kNN graph of each query among all N points, in the teacher's feature space (rebuilt at
    every step: a dynamic graph), shared by student and teacher, the query itself included;
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError
-from ..graph import (
+from .knn_graph import (
     EDGE_MODES,
     IMPORTANCE_MODES,
     edge_features,

@@ -18,7 +18,7 @@ kept ones, so the teacher side is first restricted to the kept tokens:
 
 Objectives: ``token_relation`` (all tokens), ``masked_token_relation`` and
 ``masked_token_feature`` (with a ``keep`` input, by default ``student.keep``, the indices a
-:class:`~distillery.models.token_masking.TokenMaskingViT` student returns).
+:class:`~distillery.models.miniature.token_masking.TokenMaskingViT` student returns).
 """
 
 from __future__ import annotations

@@ -11,18 +11,18 @@ ITR models."
 Mechanism, as expressed here (details the abstract leaves open are marked [inferred] in
 :mod:`distillery.objectives.dcd`):
 
-* the teacher is a frozen pairwise scorer: a fusion model (:class:`~distillery.models.fusion.FusionScorer`,
+* the teacher is a frozen pairwise scorer: a fusion model (:class:`~distillery.models.miniature.fusion.FusionScorer`,
   which reads each image-text pair jointly) or a bigger dual encoder
-  (:class:`~distillery.models.fusion.ScoringDualEncoder`); either returns ``scores`` ``[B, B]``
+  (:class:`~distillery.models.miniature.fusion.ScoringDualEncoder`); either returns ``scores`` ``[B, B]``
   over the batch's pairs;
 * the student is a dual encoder (:class:`~distillery.models.dual.DualEncoder`): at retrieval
   time each side is embedded once and candidates are ranked by dot products, while the
   fusion teacher needs one forward pass per (query, candidate) pair;
 * one ``dcd`` term (:class:`~distillery.objectives.DynamicContrastiveDistillation`): the
-  teacher mines each query's hardest in-batch negatives (:mod:`distillery.mining`), the
+  teacher mines each query's hardest in-batch negatives (:mod:`distillery.objectives.mining`), the
   student's similarity distribution over the positive and those negatives is distilled
   toward the teacher's (KL), and InfoNCE over the batch keeps the student's self-learning;
-  per sample the two are mixed by difficulty (:class:`~distillery.difficulty.DifficultyWeight`).
+  per sample the two are mixed by difficulty (:class:`~distillery.weighting.difficulty.DifficultyWeight`).
 
 The baseline "student alone" is CLIP's symmetric InfoNCE (:func:`student_alone_terms`). The
 miniature (``distillery reproduce dcd``) fits a fusion teacher on digit halves (top half as
@@ -44,7 +44,7 @@ from torch import nn
 
 from ..engine.distiller import Distiller, Term
 from ..engine.trainer import Trainer
-from ..models.fusion import FusionScorer
+from ..models.miniature.fusion import FusionScorer
 from ..objectives import DynamicContrastiveDistillation, PairwiseScoreCE
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe

@@ -13,7 +13,7 @@ segmentation, 1.2 in change detection, and 1.31 in classification tasks".
 
 In distillery's parts:
 
-* student: :class:`~distillery.models.bands.BandAdapter`, an optical backbone whose input gets
+* student: :class:`~distillery.models.miniature.bands.BandAdapter`, an optical backbone whose input gets
   the extra bands through a zero-initialised convolution (the input adapter), so the student
   takes more channels than the optical teacher knows;
 * teacher 0, the multispectral teacher: an :class:`~distillery.teachers.EMATeacher` of the
@@ -26,7 +26,7 @@ In distillery's parts:
   (``teacher.0/logits``, ``teacher.1/backbone.head:input``).
 
 :func:`single_teacher_distiller` is the DINO-only ablation. Optical-only evaluation blanks the
-extra bands with the ``zero_bands`` view (:class:`~distillery.data.bands.ZeroBands`). Miniature:
+extra bands with the ``zero_bands`` view (:class:`~distillery.data.miniature.bands.ZeroBands`). Miniature:
 ``distillery reproduce deo``; config: ``configs/deo_multiband_digits.yaml``.
 """
 

@@ -15,8 +15,8 @@ The wiring, in distillery's parts:
 
 1. **Score** every frozen source on the few labeled target samples
    (:func:`score_sources`): k-NN accuracy of the target labels in the source's feature space
-   (:func:`distillery.similarity.knn_task_similarity`), turned into bank weights
-   ``w_s ∝ max(score_s - chance, 0)`` by :class:`~distillery.similarity.SimilarityWeight`.
+   (:func:`distillery.weighting.similarity.knn_task_similarity`), turned into bank weights
+   ``w_s ∝ max(score_s - chance, 0)`` by :class:`~distillery.weighting.similarity.SimilarityWeight`.
 2. **Pseudo-label heads** (:func:`target_teachers`): a linear head fitted on each source's
    features of the labeled target samples (:func:`~distillery.models.rehead.fit_linear_head`)
    makes the source a target-task teacher (:class:`~distillery.models.rehead.Reheaded`)
@@ -46,8 +46,8 @@ from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
 from ..models.rehead import Reheaded, fit_linear_head
 from ..objectives import CrossEntropy, FeatureCosine, SoftTargetKD
-from ..probes import extract_features
-from ..similarity import SimilarityWeight, knn_task_similarity, leep
+from ..evaluation.probes import extract_features
+from ..weighting.similarity import SimilarityWeight, knn_task_similarity, leep
 from ..teachers import FrozenTeacher, PrecomputedTeacher, TeacherBank
 from . import Recipe, register_recipe
 
@@ -71,7 +71,7 @@ def score_sources(sources: Sequence[nn.Module], labeled: Dataset, feature: str =
 
     ``sources``: trained models; ``labeled``: the labeled target samples (labels ``>= 0``);
     ``feature``: the tap address of each source's features (``[B, D_s]`` after flattening).
-    Score: :func:`~distillery.similarity.knn_task_similarity` with ``k`` neighbours; weights
+    Score: :func:`~distillery.weighting.similarity.knn_task_similarity` with ``k`` neighbours; weights
     ``∝ max(score - chance, 0)`` with ``chance = 1 / num_classes`` by default.
     """
     scores, labels = [], None
@@ -87,7 +87,7 @@ def score_sources(sources: Sequence[nn.Module], labeled: Dataset, feature: str =
 
 def leep_scores(sources: Sequence[nn.Module], labeled: Dataset) -> list[float]:
     """LEEP of each source from its own predictions (pseudo-labels over its own label set) on
-    the labeled target samples; an alternative similarity (:func:`~distillery.similarity.leep`)."""
+    the labeled target samples; an alternative similarity (:func:`~distillery.weighting.similarity.leep`)."""
     out = []
     for src in sources:
         logits, labels = extract_features(src, labeled, "logits")

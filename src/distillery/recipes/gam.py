@@ -11,7 +11,7 @@ In distillery the Deep Semantic Injector is a feature term on a *deep* student l
 trainable projector (an adapter, dropped after training: no inference cost) maps the
 student's deep feature map onto the frozen teacher's, and a cosine distance aligns them per
 position (the released code: ``1 - cos`` per patch after a feature projector). GAM is the
-balancer :class:`distillery.gam.GradientGuidedModulation`; it modulates the weight of that
+balancer :class:`distillery.weighting.gam.GradientGuidedModulation`; it modulates the weight of that
 term from the share of the gradient that lands on the injection layer.
 
 * :func:`injection_terms`: cross-entropy + the injected cosine term;
@@ -31,7 +31,7 @@ from torch import nn
 
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
-from ..gam import GradientGuidedModulation, gradient_share
+from ..weighting.gam import GradientGuidedModulation, gradient_share
 from ..objectives import CrossEntropy, FeatureCosine
 from ..teachers import Teacher
 from . import Recipe, register_recipe

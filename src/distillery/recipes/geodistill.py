@@ -14,7 +14,7 @@ epoch), and trains the student with the cross-entropy between the teacher's and 
 student's softmaxed localization maps (equal temperatures in the released config), with no
 other loss. So distillery uses an :class:`~distillery.teachers.EMATeacher` reading the full
 panorama (``view: x``) while the student reads an FoV-masked one
-(:class:`~distillery.data.fov.FieldOfView`); the per-epoch decay ``d`` becomes the per-step
+(:class:`~distillery.data.miniature.fov.FieldOfView`); the per-epoch decay ``d`` becomes the per-step
 momentum ``d ** (1 / steps_per_epoch)`` (:func:`ema_momentum_per_step`). The loss is ``kd``
 (T^2 KL(teacher || student) over the cells): the soft cross-entropy minus the teacher's
 entropy, which has the same gradient.
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batch import BatchView
-from ..data.fov import FieldOfView
+from ..data.miniature.fov import FieldOfView
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError, ShapeError
 from ..objectives import SoftTargetKD

@@ -17,7 +17,7 @@ In distillery's parts:
   :class:`~distillery.teachers.FrozenTeacher` ViTs, member 0 the MIM teacher (e.g. the encoder
   of an MAE, :mod:`distillery.models.mae`), member 1 the supervised/CL teacher; no combined
   signal is used, each term addresses one member (``teacher.0/...``, ``teacher.1/...``);
-* student: :class:`~distillery.models.token_masking.TokenMaskingViT`, which drops a growing
+* student: :class:`~distillery.models.miniature.token_masking.TokenMaskingViT`, which drops a growing
   fraction of its patch tokens while training; here the tokens the supervised teacher attends
   to least from its class token (``select="scorer"``);
 * terms (:func:`hybrid_terms`): ``masked_token_relation`` (KL between attention rows, the
@@ -26,7 +26,7 @@ In distillery's parts:
   supervised teacher. :func:`single_teacher_terms` takes both from one teacher (the ablations).
 
 Evaluation helpers: :func:`token_features` (mean-pooled final tokens for a linear probe) and
-:func:`distillery.attention_metrics.attention_statistics` (per-head attention distance, entropy
+:func:`distillery.evaluation.attention.attention_statistics` (per-head attention distance, entropy
 and head diversity). Miniature: ``distillery reproduce hybrid_distill``; config:
 ``configs/hybrid_distill_mnist1d.yaml``.
 """
@@ -43,7 +43,7 @@ from .. import taps
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
 from ..models.reference import ViT
-from ..models.token_masking import TokenMaskingViT
+from ..models.miniature.token_masking import TokenMaskingViT
 from ..objectives import MaskedTokenFeatureKD, MaskedTokenRelationKD
 from ..teachers import FrozenTeacher, TeacherBank
 from . import Recipe, register_recipe

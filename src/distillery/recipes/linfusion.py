@@ -11,7 +11,7 @@ How distillery expresses it:
 
 * model surgery: :func:`linfusion_student` deep-copies the softmax model and swaps every
   attention for :class:`~distillery.models.linear_attention.LinearAttention` initialised from it
-  (:func:`distillery.surgery.swap_modules`); the config form is the ``linear_vit`` model with
+  (:func:`distillery.models.surgery.swap_modules`); the config form is the ``linear_vit`` model with
   ``inherit_teacher_weights: true`` under a frozen ``vit`` teacher;
 * the terms (:func:`linfusion_terms`): the task loss, the teacher's outputs (KD on logits; the
   paper matches the noise prediction) and every layer's attention output (feature MSE on the

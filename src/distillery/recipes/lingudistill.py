@@ -91,7 +91,7 @@ def language_perplexity(model: nn.Module, x: torch.Tensor, batch_size: int = 500
 def caption_accuracy(model: nn.Module, x: torch.Tensor, answer_position: int | None = None) -> float:
     """The new-task metric: how often the caption's digit word (token ``answer_position``,
     predicted at position ``answer_position - 1``) is the arg-max. ``x``: captions ``[N, ...]``."""
-    from ..data.language import ANSWER_POSITION, unpack_multimodal
+    from ..data.miniature.language import ANSWER_POSITION, unpack_multimodal
 
     pos = ANSWER_POSITION if answer_position is None else answer_position
     was = model.training

@@ -10,7 +10,7 @@ reconstruction accuracy." Headline (the paper's): "12.8% improvement in LPIPS ov
 CityGaussian" on large-scale scenes.
 
 The 2D miniature: an image on ``[0, 1]^2`` split into blocks, each with its own latent grid,
-decoded by one shared MLP (:class:`~distillery.models.block_field.BlockLatentField`); blocks
+decoded by one shared MLP (:class:`~distillery.models.miniature.block_field.BlockLatentField`); blocks
 are trained a few at a time (:class:`~distillery.engine.blocks.RoundRobinBlocks`). The
 Momentum-GS step for the pixels ``P_k`` of the blocks ``k`` of the current visit:
 
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ..engine.blocks import RoundRobinBlocks
 from ..errors import ConfigError, ShapeError
-from ..models.block_field import BlockLatentField
+from ..models.miniature.block_field import BlockLatentField
 from ..teachers import EMATeacher
 from ..weighting import BlockAccuracyWeight
 from . import Recipe, register_recipe

@@ -15,7 +15,7 @@ In distillery:
   frozen ViT run on whole-patch shifts and flips of the input, each copy's tokens warped back
   onto the patch grid and averaged;
 * student: the same weights plus register tokens and partial unfreezing
-  (:func:`~distillery.surgery.add_registers`, :func:`~distillery.surgery.freeze_except`; the
+  (:func:`~distillery.models.surgery.add_registers`, :func:`~distillery.models.surgery.freeze_except`; the
   model ``register_vit`` for configs);
 * loss: cosine distance (per token) + MSE between the student's and the teacher's ``norm``
   tokens (class token and patches).
@@ -36,7 +36,7 @@ from torch import nn
 from .. import taps
 from ..engine.distiller import Distiller, Term
 from ..objectives import FeatureCosine, FeatureMSE
-from ..surgery import add_registers, freeze_except
+from ..models.surgery import add_registers, freeze_except
 from ..teachers import DenseTTATeacher, Teacher
 from . import Recipe, register_recipe
 

@@ -12,7 +12,7 @@ The recipe is the task loss plus one term, ``local_graph_kd``
 teacher's feature norm) are the queries, their kNN graph is built in the teacher's feature space
 at every step, each edge is encoded EdgeConv-style on both sides, and the codes are matched by
 an importance-weighted MSE. The kNN graph, edge features and importance weights are in
-:mod:`distillery.graph`. The miniature (``distillery reproduce pointdistiller``) classifies
+:mod:`distillery.objectives.knn_graph`. The miniature (``distillery reproduce pointdistiller``) classifies
 synthetic point-cloud shapes with a point network and a student with half its widths (about 4x
 fewer weights): no distillation vs logit KD vs local-graph KD. Config:
 ``configs/pointdistiller_points.yaml``.

@@ -12,11 +12,11 @@ reading is stated in each docstring and in docs/methods/ppcl.md):
 
 1. :func:`analyze`: hidden states at the block boundaries of the trained (teacher) network
    on calibration data, their CKA matrix, the first-order trend of adjacent similarity and the
-   linear probes (:mod:`distillery.layer_similarity`);
+   linear probes (:mod:`distillery.evaluation.layer_similarity`);
 2. :func:`select_blocks`: the contiguous intervals to remove for a block budget
-   (:func:`~distillery.layer_similarity.find_redundant_intervals`);
+   (:func:`~distillery.evaluation.layer_similarity.find_redundant_intervals`);
 3. :func:`prune`: the student, a copy of the teacher without those blocks
-   (:func:`distillery.surgery.remove_blocks`);
+   (:func:`distillery.models.surgery.remove_blocks`);
 4. :func:`ppcl_terms`: the recovery objective: cross-entropy + logit KD + feature MSE at
    every interval boundary (the student's block before the gap vs the teacher's block at the
    gap's end, both tapped) + :class:`~distillery.objectives.segment_replay.SegmentReplay` per
@@ -36,10 +36,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .. import surgery
+from ..models import surgery
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
-from ..layer_similarity import (
+from ..evaluation.layer_similarity import (
     LayerProfile,
     boundary_features,
     find_redundant_intervals,

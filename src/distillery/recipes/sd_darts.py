@@ -18,7 +18,7 @@ Wiring (each part a general component):
 * the search: :class:`~distillery.engine.bilevel.BilevelSearch`, first-order DARTS
   alternation of an ``alpha`` step on a validation split and a weight step on the training split;
 * the measurements: :func:`sharpness` (``lambda_max`` of ``nabla^2_alpha L_val`` by power
-  iteration, :mod:`distillery.sharpness`) and :func:`discretization_gap` (supernet accuracy
+  iteration, :mod:`distillery.evaluation.sharpness`) and :func:`discretization_gap` (supernet accuracy
   minus the accuracy of the derived architecture with inherited weights, BatchNorm statistics
   re-estimated for both).
 
@@ -41,9 +41,9 @@ from ..data.datasets import collate_batch
 from ..engine.bilevel import BilevelSearch, search_batches
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
-from ..models.nas import DartsSupernet
+from ..models.miniature.nas import DartsSupernet
 from ..objectives import CrossEntropy, SoftTargetKD
-from ..sharpness import top_hessian_eigenvalue
+from ..evaluation.sharpness import top_hessian_eigenvalue
 from ..teachers import VotingSnapshotTeacher
 from . import Recipe, register_recipe
 

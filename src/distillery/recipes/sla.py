@@ -14,7 +14,7 @@ paper's code):
 
 * student view :class:`~distillery.data.enumeration.TransformEnumerator`: the M transformed
   copies of the batch, stacked transform-major (``[M*B, ...]``);
-* student :class:`~distillery.models.joint_label.JointLabelNet`: a backbone with a joint head
+* student :class:`~distillery.models.miniature.joint_label.JointLabelNet`: a backbone with a joint head
   over ``N*M`` labels and a single-pass head over ``N``;
 * terms ``sla_ce`` (joint labels ``i*M + j``) and ``sla_sd`` (``KL(aggregate || single) + beta
   * CE(single, y)``; :mod:`distillery.objectives.joint_label`).

@@ -16,7 +16,7 @@ ground-truth boxes (``batch.boxes``):
 * ``fg_response_kd`` (weight 1): heatmap probabilities inside each object's Gaussian mask, L1;
 
 the weights are those of the authors' training code. Keypoints, bilinear sampling and Gaussian
-masks are in :mod:`distillery.foreground`; the losses in :mod:`distillery.objectives.foreground`.
+masks are in :mod:`distillery.objectives.foreground_grid`; the losses in :mod:`distillery.objectives.foreground`.
 The miniature (``distillery reproduce unidistill``) detects rectangles on a 16x16 grid: the
 teacher sees the clean occupancy, the student a sparse, cluttered, noisy view. Config:
 ``configs/unidistill_bev.yaml``.
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..engine.distiller import Distiller, Term
-from ..foreground import center_average_precision
+from ..objectives.foreground_grid import center_average_precision
 from ..objectives import (
     CenterFocal,
     CrossEntropy,
@@ -72,7 +72,7 @@ def unidistill_distiller(student: nn.Module, teacher: nn.Module, teacher_view: s
 
 @torch.no_grad()
 def heatmap_ap(model: nn.Module, dataset, view: str = "x", batch_size: int = 512, max_distance: float = 1.5) -> float:
-    """Centre-detection AP (:func:`~distillery.foreground.center_average_precision`) of a BEV
+    """Centre-detection AP (:func:`~distillery.objectives.foreground_grid.center_average_precision`) of a BEV
     detector whose output has a ``heatmap`` ``[B, 1, H, W]``, over a dataset with ``boxes``."""
     was = model.training
     model.eval()

@@ -10,7 +10,7 @@ distilling the spatial expertise of the BCM teacher into the DAC student, V-Refl
 internalizes the ability to localize task-critical evidence. During inference, both modules
 remain entirely inactive."
 
-Mechanism, as expressed here (:mod:`distillery.models.grid_vqa`):
+Mechanism, as expressed here (:mod:`distillery.models.miniature.grid_vqa`):
 
 * stage 1, the privileged teacher: a model whose BCM compresses the visual map *inside the
   ground-truth box* into a latent and answers from it, trained by cross-entropy, then frozen
@@ -21,7 +21,7 @@ Mechanism, as expressed here (:mod:`distillery.models.grid_vqa`):
   between ``student.probe`` and ``teacher.bcm``; the abstract does not name the distance, the
   cosine is our choice [inferred]). The probe's gradient reaches the hidden state and the
   visual map, which is how the grounding is internalised;
-* at export the probe is removed (:mod:`distillery.training_only`): the deployed student is
+* at export the probe is removed (:mod:`distillery.taps.training_only`): the deployed student is
   the plain transformer, with the same parameters and FLOPs as one trained without it.
 
 V-Reflection's setting is an MLLM reasoning in latent tokens; here it is a two-layer
@@ -41,7 +41,7 @@ from torch import nn
 from ..engine.distiller import Distiller, Term
 from ..objectives import CrossEntropy, FeatureCosine
 from ..teachers import FrozenTeacher
-from ..training_only import export_student
+from ..taps.training_only import export_student
 from . import Recipe, register_recipe
 
 RECIPE = register_recipe(

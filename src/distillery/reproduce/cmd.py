@@ -8,7 +8,7 @@ self-supervised learning approaches by upto 19.78% on both top-1 accuracy and Ra
 retrieval metric", on CUB-200-2011, Stanford Cars and FGVC Aircraft).
 
 Miniature (``fine_grained_digits``: 16x16 images holding a handwritten digit, the nuisance, and
-a 4x4 marker whose pattern, one of 10, is the class; see :mod:`distillery.data.fine_grained`).
+a 4x4 marker whose pattern, one of 10, is the class; see :mod:`distillery.data.miniature.fine_grained`).
 Self-supervised pre-training with the same seeds, data, crops (2 image-level 16x16 + 4
 region-level 8x8, DINO scales), CNN (channels 16, 32), DINO head (64 prototypes), EMA teacher
 (0.996 -> 1), AdamW (lr 1e-3, wd 0.04, cosine with 100 warm-up steps):
@@ -39,7 +39,7 @@ import torch
 
 from ..data import load_dataset
 from ..models.multicrop import multicrop_convnet
-from ..probes import extract_features, label_recall_at_k, linear_probe_accuracy
+from ..evaluation.probes import extract_features, label_recall_at_k, linear_probe_accuracy
 from ..recipes.cmd import load_teacher_weights, marker_attention_mass
 from . import Claim, Context, Reproduction, better, register
 

@@ -54,7 +54,7 @@ def _settings(quick: bool) -> dict:
 def _measure(run_dir: Path, splits, probe_train: int, probe_test: int) -> dict[str, float]:
     from ..engine.checkpoint import load_weights
     from ..models import build_model
-    from ..probes import linear_probe_accuracy
+    from ..evaluation.probes import linear_probe_accuracy
     from ..recipes.cotap import dispersion_ratio
     from ..recipes.ph_reg import tokens_at
 

@@ -48,7 +48,7 @@ from ..recipes.dcd import (
     fusion_retrieval_scores,
     time_retrieval,
 )
-from ..retrieval import recall_at_k
+from ..evaluation.retrieval import recall_at_k
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import fast_train
 

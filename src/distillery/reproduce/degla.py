@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from ..data import load_dataset
-from ..retrieval import hard_negative_accuracy, zero_shot_accuracy
+from ..evaluation.retrieval import hard_negative_accuracy, zero_shot_accuracy
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
 from ._dual import embed, fast_train, load_dual_encoder
 

@@ -49,11 +49,11 @@ import math
 import torch
 
 from ..data import load_dataset
-from ..data.bands import EXTRA_BANDS, OPTICAL_BANDS, ZeroBands
+from ..data.miniature.bands import EXTRA_BANDS, OPTICAL_BANDS, ZeroBands
 from ..data.datasets import ArrayDataset
 from ..engine import checkpoint as ckpt
 from ..models import build_model
-from ..probes import extract_features, linear_probe_accuracy
+from ..evaluation.probes import extract_features, linear_probe_accuracy
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
 
 OUT_DIM = 64

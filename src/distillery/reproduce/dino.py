@@ -35,7 +35,7 @@ import math
 from ..data import load_dataset
 from ..models.multicrop import multicrop_convnet
 from ..objectives import dino_target_statistics
-from ..probes import extract_features
+from ..evaluation.probes import extract_features
 from ..recipes.cmd import load_run_state, load_teacher_weights
 from . import Claim, Context, Reproduction, mean_std, register
 

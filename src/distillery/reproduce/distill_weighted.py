@@ -73,7 +73,7 @@ from ..recipes.distill_weighted import (
     score_sources,
     target_teachers,
 )
-from ..similarity import SimilarityWeight
+from ..weighting.similarity import SimilarityWeight
 from ..teachers import PrivilegedTeacher
 from . import Claim, Context, Reproduction, better, register
 

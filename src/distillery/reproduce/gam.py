@@ -5,7 +5,7 @@ Paper: Liao et al. 2025, arXiv:2510.25257 (abstract: a Deep Semantic Injector br
 frozen foundation model's high-level features into the detector's deep layers; "a
 Gradient-guided Adaptive Modulation (GAM) strategy ... dynamically adjusts the intensity of
 semantic transfer based on gradient norm ratios"; RT-DETRv4 reaches 49.7/53.5/55.4/57.0 AP on
-COCO). GAM is implemented as in the authors' released code (distillery.gam).
+COCO). GAM is implemented as in the authors' released code (distillery.weighting.gam).
 
 Miniature (settings fixed here before any run; every run is an ordinary config):
 

@@ -30,7 +30,7 @@ Miniature (all settings fixed here before any run):
 * evaluation: a linear probe (logistic regression, C=1) on the mean of the final normalised
   tokens (train labels -> test accuracy); per-head attention distance (patches), entropy and
   head diversity (std over heads of the distance, averaged over blocks) on the test signals
-  (:mod:`distillery.attention_metrics`).
+  (:mod:`distillery.evaluation.attention`).
 
 Rules (means over seeds; the teachers are one model each):
   1. the hybrid student's probe accuracy is at least the sup_only student's (at most 1 point lower);
@@ -46,15 +46,15 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from ..attention_metrics import attention_statistics
+from ..evaluation.attention import attention_statistics
 from ..data import load_dataset
 from ..engine import checkpoint as ckpt
 from ..engine.distiller import Distiller
 from ..engine.trainer import Trainer
 from ..models import build_model
 from ..models.mae import encoder_state_dict
-from ..models.token_masking import TokenMaskingViT
-from ..probes import linear_probe_accuracy
+from ..models.miniature.token_masking import TokenMaskingViT
+from ..evaluation.probes import linear_probe_accuracy
 from ..recipes.hybrid_distill import hybrid_terms, single_teacher_terms, token_features
 from ..teachers import PrecomputedTeacher, TeacherBank
 from . import Claim, Context, Reproduction, mean_std, not_worse, register

@@ -9,7 +9,7 @@ reconstruction accuracy; "12.8% improvement in LPIPS over CityGaussian").
 
 Miniature: a procedural 32x32 grey image (``procedural_image``, seed 0) split into 4x4 blocks of
 8x8 pixels; each block has a 5x5 grid of 8-dim latents, one shared MLP decoder (8-64-64-1, SiLU)
-decodes every block (:class:`~distillery.models.block_field.BlockLatentField`). Blocks are
+decodes every block (:class:`~distillery.models.miniature.block_field.BlockLatentField`). Blocks are
 trained one at a time in a fixed cyclic round robin, 20 Adam steps (lr 5e-3, all 64 pixels of
 the block) per visit, 20 rounds (4 with ``--quick``). Same seeds (initialisation) for all:
 
@@ -38,7 +38,7 @@ import torch
 
 from ..data import load_dataset
 from ..engine.blocks import RoundRobinBlocks
-from ..models.block_field import BlockLatentField
+from ..models.miniature.block_field import BlockLatentField
 from ..recipes.momentum_gs import psnr, render, seam_error, train_blockwise
 from ..weighting import BlockAccuracyWeight
 from . import Claim, Context, Reproduction, better, register

@@ -35,7 +35,7 @@ import statistics
 from typing import Any
 
 from ..data import load_dataset
-from ..retrieval import few_shot_probe
+from ..evaluation.retrieval import few_shot_probe
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import embed, fast_train, load_dual_encoder
 

@@ -57,7 +57,7 @@ def _settings(quick: bool) -> dict:
 
 
 def _probe(model, splits, n_train: int, num_patches: int) -> dict[str, float]:
-    from ..probes import linear_probe_accuracy
+    from ..evaluation.probes import linear_probe_accuracy
     from ..recipes.ph_reg import tokens_at
 
     def feats(ds, n):

@@ -40,7 +40,7 @@ from ..engine.trainer import Trainer
 from ..models import build_model
 from ..objectives import CrossEntropy
 from ..recipes import ppcl as P
-from ..surgery import count_parameters
+from ..models.surgery import count_parameters
 from . import Claim, Context, Reproduction, better, mean_std, register
 
 MODEL = {"name": "residual_mlp", "params": {"width": 64, "depth": 12, "mlp_ratio": 2.0}}

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..errors import ConfigError
-from ..report import replace_block
+from ..evaluation.report import replace_block
 from . import FAMILIES, REPRODUCTIONS, Claim, Context, Reproduction, load_all
 from ._threads import one_thread
 

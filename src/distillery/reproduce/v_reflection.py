@@ -40,9 +40,9 @@ import torch
 
 from ..data import load_dataset
 from ..engine import checkpoint as ckpt
-from ..metrics import accuracy
+from ..evaluation.metrics import accuracy
 from ..models import build_model
-from ..training_only import export_student, inference_cost
+from ..taps.training_only import export_student, inference_cost
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import fast_train
 

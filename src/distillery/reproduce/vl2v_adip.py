@@ -46,7 +46,7 @@ import torch
 
 from ..data import load_dataset
 from ..engine import checkpoint as ckpt
-from ..metrics import accuracy
+from ..evaluation.metrics import accuracy
 from ..models import build_model
 from ..recipes.vl2v_adip import align_student
 from . import Claim, Context, Reproduction, better, mean_std, register

@@ -40,7 +40,7 @@ import torch
 
 from ..data import load_dataset
 from ..models import build_model
-from ..retrieval import few_shot_probe, zero_shot_accuracy
+from ..evaluation.retrieval import few_shot_probe, zero_shot_accuracy
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._dual import fast_train
 
