@@ -13,15 +13,25 @@ Layout inside a run directory::
 Every file is written to a temporary name and moved into place with ``os.replace``; the
 ``latest.json`` pointer is replaced last, so a crash at any moment leaves the previous
 checkpoint intact and pointed to. Older step directories beyond ``keep`` are removed only
-after the pointer moved.
+after the pointer moved. ``state.json`` records the sha256 of every other file of its step
+directory, checked before a resume; a damaged newest checkpoint is refused with the name of
+the newest intact one. Resume finds checkpoints by scanning the ``step-*`` folders (the
+pointer is a convenience for readers, not needed to resume), and temporary folders left by a
+killed write (``.step-*``) are removed at the next write.
+
+Files and folders get the permissions the process's umask gives (as ``open`` and ``mkdir``
+would), not the private 0600 / 0700 of :mod:`tempfile`.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,6 +45,21 @@ from torch import nn
 from ..errors import CheckpointError
 
 LATEST = "latest.json"
+STATE = "state.json"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def umask() -> int:
+    """The process's current umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def chmod_by_umask(path: Path, directory: bool = False) -> None:
+    """Give ``path`` the mode ``open``/``mkdir`` would have given it under the current umask
+    (``tempfile`` creates 0600 files and 0700 folders whatever the umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -47,10 +72,20 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        chmod_by_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -62,6 +97,7 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_model(model, str(tmp), metadata=metadata)
+    chmod_by_umask(tmp)
     os.replace(tmp, path)
 
 
@@ -174,6 +210,7 @@ def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))
+    chmod_by_umask(tmp)
     os.replace(tmp, path)
 
 
@@ -186,50 +223,146 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write ``step-XXXXXXXX/`` and point ``latest.json`` at it; prune old ones."""
+    """Write ``step-XXXXXXXX/`` and point ``latest.json`` at it; prune old ones.
+
+    A failed write (a full disk, a read-only folder) removes its partial folder and raises a
+    :class:`CheckpointError` saying what failed; the previous checkpoints are left as they were.
+    """
     ckpt_root = Path(ckpt_root)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
-    tmp_dir = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
+    try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(ckpt_root)
+        tmp_dir = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
+    except OSError as exc:
+        raise _write_error(exc, ckpt_root, step) from None
     try:
         save_file(model_state, str(tmp_dir / "model.safetensors"))
         tensors, opt_meta = split_optimizer_state(optim_state, optim_state.get("keyed_by", "index"))
         save_file(tensors, str(tmp_dir / "optimizer.safetensors"))
+        files = {f: sha256_file(tmp_dir / f) for f in ("model.safetensors", "optimizer.safetensors")}
         rng = state.get("rng_per_rank", [rng_state()])[0]
-        full_state = dict(state, optimizer=opt_meta, rng=rng, step=step)
-        (tmp_dir / "state.json").write_text(json.dumps(full_state, indent=1, default=_json_default))
+        full_state = dict(state, optimizer=opt_meta, rng=rng, step=step, files=files)
+        (tmp_dir / STATE).write_text(json.dumps(full_state, indent=1, default=_json_default))
+        for f in tmp_dir.iterdir():
+            _fsync(f)
+            chmod_by_umask(f)
+        chmod_by_umask(tmp_dir, directory=True)
         final = ckpt_root / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp_dir, final)
+        atomic_write_json(ckpt_root / LATEST, {"dir": name, "step": step, "epoch": state.get("epoch")})
+    except OSError as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise _write_error(exc, ckpt_root, step) from None
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    atomic_write_json(ckpt_root / LATEST, {"dir": name, "step": step, "epoch": state.get("epoch")})
-    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != name)
+    old = sorted(p for p, _ in step_dirs(ckpt_root) if p.name != name)
     for path in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(path, ignore_errors=True)
     return final
 
 
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_error(exc: OSError, ckpt_root: Path, step: int) -> CheckpointError:
+    kept = [p.name for p, _ in step_dirs(ckpt_root)] if Path(ckpt_root).is_dir() else []
+    why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return CheckpointError(
+        f"Could not write the checkpoint of step {step} in {ckpt_root}: {why} ({exc.filename or ckpt_root}). "
+        + (f"The earlier checkpoint {kept[-1]} is kept unchanged; after fixing the cause, continue with --resume."
+           if kept else "No earlier checkpoint of this run exists.")
+    )
+
+
+def remove_stale_temporaries(ckpt_root: Path) -> list[Path]:
+    """Remove ``.step-*`` folders a killed write left behind (only rank 0 writes checkpoints,
+    one at a time, so any such folder seen before a write is stale). Returns what was removed."""
+    removed = []
+    for p in Path(ckpt_root).glob(".step-*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def step_dirs(ckpt_root: Path) -> list[tuple[Path, int]]:
+    """The ``step-XXXXXXXX`` folders under ``ckpt_root`` with their steps, oldest first."""
+    found = []
+    for p in Path(ckpt_root).iterdir() if Path(ckpt_root).is_dir() else []:
+        m = STEP_DIR.match(p.name)
+        if m and p.is_dir():
+            found.append((p, int(m.group(1))))
+    return sorted(found, key=lambda item: item[1])
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Read ``path/state.json`` and check every file it lists against its sha256; returns the
+    state. A missing, truncated or altered file is a :class:`CheckpointError` naming it."""
+    path = Path(path)
+    state_file = path / STATE
+    if not state_file.is_file():
+        raise CheckpointError(f"{state_file} is missing (the checkpoint was not completely written).")
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{state_file} is truncated or corrupt ({exc}).") from None
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
+        raise CheckpointError(f"{state_file} does not hold a checkpoint state (no optimizer section).")
+    files = state.get("files") or {name: None for name in ("model.safetensors", "optimizer.safetensors")}
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing.")
+        if digest is not None and sha256_file(f) != digest:
+            raise CheckpointError(f"{f} is damaged: its sha256 differs from the one recorded in {STATE} when it was written.")
+    return state
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    pointer = Path(ckpt_root) / LATEST
-    if not pointer.is_file():
+    """The newest checkpoint under ``ckpt_root``, verified; ``None`` when there is none.
+
+    The ``step-*`` folders are scanned (``latest.json`` may be missing, stale or corrupt).
+    When the newest one is damaged this raises a :class:`CheckpointError` that names the
+    damage and the newest intact checkpoint, with the command that continues from it: a
+    damaged checkpoint is never skipped silently.
+    """
+    ckpt_root = Path(ckpt_root)
+    candidates = [p for p, _ in step_dirs(ckpt_root)][::-1]
+    if not candidates:
         return None
     try:
-        name = json.loads(pointer.read_text())["dir"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise CheckpointError(f"{pointer} is unreadable ({exc}); remove it to fall back to an earlier checkpoint.") from None
-    path = Path(ckpt_root) / name
-    if not (path / "state.json").is_file():
-        raise CheckpointError(f"{pointer} points to {path}, which is incomplete or missing.")
-    return path
+        verify_checkpoint(candidates[0])
+        return candidates[0]
+    except CheckpointError as damage:
+        reason = str(damage)
+    newest = candidates[0]
+    aside = ckpt_root / f"damaged-{newest.name}"
+    for earlier in candidates[1:]:
+        try:
+            verify_checkpoint(earlier)
+        except CheckpointError:
+            continue
+        raise CheckpointError(
+            f"The newest checkpoint {newest} cannot be used: {reason} The previous checkpoint {earlier.name} is intact. "
+            f"To continue from it, move the damaged one aside (mv {newest} {aside}) and run with --resume again."
+        )
+    raise CheckpointError(
+        f"The newest checkpoint {newest} cannot be used: {reason} No earlier intact checkpoint exists in {ckpt_root}; "
+        "start the run again with --overwrite (or from another --out)."
+    )
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
     """Restore the model's weights (and, for an unsharded model, the optimizer) from a step
     directory; returns its JSON state. RNG states are restored by :func:`restore_rng`."""
     path = Path(path)
+    state = verify_checkpoint(path)
     try:
         weights = load_file(str(path / "model.safetensors"))
     except Exception as exc:  # safetensors raises several types for truncated or corrupt files
@@ -240,7 +373,6 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             f"The checkpoint {path} does not match this run's model: missing keys {sorted(missing)[:8]}, "
             f"unexpected keys {sorted(unexpected)[:8]}. Resume with the config the run was started with."
         )
-    state = json.loads((path / "state.json").read_text())
     if optimizer is not None:
         load_optimizer(path, model, optimizer, state)
     return state
@@ -248,8 +380,13 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 def load_optimizer(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], sharded: bool = False) -> None:
     """Load the optimizer state saved in ``path`` into ``optimizer`` (built for ``model``)."""
-    tensors = load_file(str(Path(path) / "optimizer.safetensors"))
-    full = join_optimizer_state(tensors, state["optimizer"])
+    try:
+        tensors = load_file(str(Path(path) / "optimizer.safetensors"))
+        full = join_optimizer_state(tensors, state["optimizer"])
+    except CheckpointError:
+        raise
+    except Exception as exc:  # missing, truncated or corrupt file
+        raise CheckpointError(f"Could not read the optimizer state {Path(path) / 'optimizer.safetensors'}: {exc}") from None
     keyed_by = state["optimizer"].get("keyed_by", "index")
     try:
         if sharded or keyed_by == "name":
