@@ -34,6 +34,11 @@ class Registry:
 
     def get(self, name: str) -> Any:
         """Return the component registered as ``name``; a ConfigError lists the known names."""
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"A {self.kind} is named by a string, got {name!r} ({type(name).__name__}). "
+                f"Known {self.kind}s: {', '.join(sorted(self._entries))}."
+            )
         if name not in self._entries:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
