@@ -358,3 +358,116 @@ def test_distiller_wiring_equals_dense_kd_on_logits():
 def test_docstring_examples_run():
     result = doctest.testmod(chunked_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --------------------------------------------------------------------- hard inputs
+#
+# Large (std 20 and 50), peaked and one-hot-like logits, and a 32k vocabulary: chunked
+# against dense and both against float64 formulas written in log space from the definitions.
+
+HARD_CASES = ["std20", "std50", "peaked", "one_hot_like", "vocab32k"]
+
+
+def make_hard(case, dtype=torch.float32, n=12, seed=0):
+    """Student and teacher (hidden, weight, bias) whose logits are of the given case.
+
+    For the 23-class cases the hidden states are the logits themselves (weight = identity,
+    small bias); for ``vocab32k`` the hidden states are [12, 16] and the weights scaled so
+    that the logits over 32,000 entries have std 20.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def side():
+        if case == "vocab32k":
+            h, w = rand(n, 16), 5.0 * rand(32_000, 16)
+        else:
+            x = rand(n, V)
+            hot = F.one_hot(torch.randint(0, V, (n,), generator=g), V).double()
+            h = {"std20": 20.0 * x, "std50": 50.0 * x, "peaked": 2.0 * x + 12.0 * hot,
+                 "one_hot_like": 0.1 * x + 30.0 * hot}[case]
+            w = torch.eye(V, dtype=torch.float64)
+        return h.to(dtype), w.to(dtype), (0.1 * rand(w.shape[0])).to(dtype)
+
+    (hs, ws, bs), (ht, wt, bt) = side(), side()
+    student = {"student_hidden": hs.requires_grad_(), "student_weight": ws.requires_grad_(),
+               "student_bias": bs.requires_grad_()}
+    teacher = {"teacher_hidden": ht, "teacher_weight": wt, "teacher_bias": bt}
+    return student, teacher
+
+
+def explicit_log_space(s_logits, t_logits, divergence, beta, T):
+    """Per-token T^2 * divergence in float64 from log-softmaxes (no probability underflows)."""
+    log_ps = torch.log_softmax(s_logits.double() / T, -1)
+    log_pt = torch.log_softmax(t_logits.double() / T, -1)
+
+    def kl(log_p, log_q):
+        p = log_p.exp()
+        return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+
+    if divergence == "forward_kl" or (divergence == "jsd" and beta == 0):
+        d = kl(log_pt, log_ps)
+    elif divergence == "reverse_kl" or beta == 1:
+        d = kl(log_ps, log_pt)
+    else:
+        log_m = torch.logaddexp(math.log(beta) + log_pt, math.log1p(-beta) + log_ps)
+        d = beta * kl(log_pt, log_m) + (1 - beta) * kl(log_ps, log_m)
+    return T * T * d
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+@pytest.mark.parametrize("case", HARD_CASES)
+@pytest.mark.parametrize("divergence,beta", DIVERGENCES)
+def test_hard_inputs_match_float64_and_dense(divergence, beta, case, temperature):
+    kw = {"divergence": divergence, "beta": beta, "temperature": temperature}
+    s64, t64 = make_hard(case, torch.float64)
+    s_logits = F.linear(*(s64[k].detach() for k in ("student_hidden", "student_weight", "student_bias")))
+    t_logits = F.linear(*(t64[k] for k in ("teacher_hidden", "teacher_weight", "teacher_bias")))
+    reference = explicit_log_space(s_logits, t_logits, divergence, beta, temperature)
+    dense64, dense64_grads = value_and_grads(dense_kd_loss, s64, t64, reduction="none", **kw)
+    torch.testing.assert_close(dense64.detach(), reference, rtol=1e-9, atol=1e-9)
+    scales = [max(float(g.abs().max()), 1.0) for g in dense64_grads]
+    for dtype in (torch.float64, torch.float32):
+        student, teacher = make_hard(case, dtype)
+        tol = 1e-9 if dtype == torch.float64 else 1e-4
+        per_token, grads = value_and_grads(
+            chunked_kd_loss, student, teacher, chunk_size=5, reduction="none", **kw
+        )
+        torch.testing.assert_close(per_token.detach().double(), reference, rtol=tol, atol=tol)
+        dense, dense_grads = value_and_grads(dense_kd_loss, student, teacher, reduction="none", **kw)
+        torch.testing.assert_close(per_token, dense, rtol=tol, atol=tol)
+        gtol = 1e-9 if dtype == torch.float64 else 1e-3
+        for g, d, g64, scale in zip(grads, dense_grads, dense64_grads, scales):
+            torch.testing.assert_close(g, d, rtol=gtol, atol=gtol * scale)
+            torch.testing.assert_close(g.double(), g64, rtol=gtol, atol=gtol * scale)
+
+
+def test_reverse_kl_keeps_small_teacher_probabilities():
+    """A teacher log-probability of -100 is kept (not clamped at log(float32 tiny))."""
+    h = torch.ones(1, 1)
+    s_w, t_w = torch.zeros(2, 1, requires_grad=True), torch.tensor([[0.0], [-100.0]])
+    expected = 50.0 - math.log(2.0)  # KL((1/2, 1/2) || (1, e^-100))
+    for divergence, beta in (("reverse_kl", 0.5), ("jsd", 1.0)):
+        for grad_in_forward in (False, True):
+            got = chunked_kd_loss(h, s_w, h, t_w, divergence=divergence, beta=beta,
+                                  grad_in_forward=grad_in_forward)
+            assert abs(got.item() - expected) < 1e-5 * expected
+
+
+@pytest.mark.parametrize("case", ["std20", "std50", "one_hot_like"])
+@pytest.mark.parametrize("divergence,beta", DIVERGENCES)
+def test_hard_inputs_gradcheck_float64(divergence, beta, case):
+    student, teacher = make_hard(case, torch.float64, n=5)
+    student = {k: v.detach()[:, :7].clone() if k == "student_hidden" else v.detach()[:7, :7].clone()
+               if k == "student_weight" else v.detach()[:7].clone() for k, v in student.items()}
+    teacher = {k: v[:, :7] if k == "teacher_hidden" else v[:7, :7] if k == "teacher_weight" else v[:7]
+               for k, v in teacher.items()}
+
+    def f(h, w, b):
+        return chunked_kd_loss(h, w, **teacher, student_bias=b, divergence=divergence, beta=beta,
+                               temperature=0.7, chunk_size=2)
+
+    inputs = tuple(v.requires_grad_() for v in student.values())
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)

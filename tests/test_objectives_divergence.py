@@ -399,3 +399,255 @@ def test_half_inputs_are_upcast(dtype):
         assert out.dtype == torch.float32
         torch.testing.assert_close(out, fn(s.float(), t.float()))
     assert kd_loss(s.double(), t, 4.0).dtype == torch.float64
+
+
+# ---------------------------------------------------------------- hard inputs
+#
+# Large logits (std 20 and 50), peaked and one-hot-like distributions, and a 32k vocabulary,
+# for every divergence, against float64 formulas written here from the definitions (with a
+# float64 log_softmax), in float64 and in float32. A log-probability of -100 or -1000 is an
+# ordinary value here, and the float32 result must equal the float64 one up to rounding.
+
+HARD_CASES = ["std20", "std50", "peaked", "one_hot_like", "vocab32k"]
+
+
+def hard_logits(case: str, seed: int, shape=(6, 23)) -> torch.Tensor:
+    """float64 logits of one of the HARD_CASES; ``shape`` is ignored for ``vocab32k``."""
+    g = torch.Generator().manual_seed(seed)
+    if case == "vocab32k":
+        shape = (2, 2, 32_000)  # [B, L, V]: a token sequence over a 32k vocabulary
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    hot = torch.nn.functional.one_hot(
+        torch.randint(0, shape[-1], shape[:-1], generator=g), shape[-1]
+    ).double()
+    if case in ("std20", "vocab32k"):
+        return 20.0 * x
+    if case == "std50":
+        return 50.0 * x
+    if case == "peaked":  # one class holds nearly all the mass, the rest is spread
+        return 2.0 * x + 12.0 * hot
+    if case == "one_hot_like":  # one logit +30 above nearly equal others
+        return 0.1 * x + 30.0 * hot
+    raise AssertionError(case)
+
+
+def f64_log_probs(logits: torch.Tensor, T: float) -> torch.Tensor:
+    return torch.log_softmax(logits.double() / T, dim=-1)
+
+
+def f64_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """sum_k p_k (log p_k - log q_k) over the last dim, 0 where p_k = 0."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+
+
+def f64_per_sample(values: torch.Tensor) -> torch.Tensor:
+    return values.reshape(values.shape[0], -1).mean(1)
+
+
+def f64_divergence(name: str, s: torch.Tensor, t: torch.Tensor, T: float, beta: float = 0.5):
+    """Per-sample T^2 * divergence (no T^2 for TVD) from the definitions, in float64."""
+    log_ps, log_pt = f64_log_probs(s, T), f64_log_probs(t, T)
+    if name == "kd":
+        d = T * T * f64_kl(log_pt, log_ps)
+    elif name == "reverse_kl":
+        d = T * T * f64_kl(log_ps, log_pt)
+    elif name == "tvd":
+        d = 0.5 * (log_pt.exp() - log_ps.exp()).abs().sum(-1)
+    elif name == "jsd":
+        # m = beta p_t + (1 - beta) p_s, in log space so that no probability underflows
+        log_m = torch.logaddexp(math.log(beta) + log_pt, math.log1p(-beta) + log_ps)
+        d = T * T * (beta * f64_kl(log_pt, log_m) + (1 - beta) * f64_kl(log_ps, log_m))
+    else:
+        raise AssertionError(name)
+    return f64_per_sample(d)
+
+
+def f64_dkd(s, t, y, alpha, beta, T):
+    """DKD from its definition: b = [p_y, 1 - p_y], p_hat = p_k / (1 - p_y) over k != y."""
+    K = s.shape[-1]
+    others = torch.stack([torch.tensor([k for k in range(K) if k != int(c)]) for c in y])
+
+    def parts(logits):
+        log_p = f64_log_probs(logits, T)
+        log_rest = torch.logsumexp(log_p.gather(1, others), dim=1)  # log(1 - p_y)
+        binary = torch.stack([log_p.gather(1, y.view(-1, 1)).squeeze(1), log_rest], dim=1)
+        return binary, log_p.gather(1, others) - log_rest.unsqueeze(1)
+
+    (bs, ns), (bt, nt) = parts(s), parts(t)
+    return T * T * (alpha * f64_kl(bt, bs) + beta * f64_kl(nt, ns))
+
+
+DIVERGENCE_FNS = {
+    "kd": lambda s, t, T: kd_loss(s, t, T, reduction="none"),
+    "reverse_kl": lambda s, t, T: reverse_kl_loss(s, t, T, reduction="none"),
+    "tvd": lambda s, t, T: tvd_loss(s, t, T, reduction="none"),
+    "jsd0": lambda s, t, T: jsd_loss(s, t, 0.0, T, reduction="none"),
+    "jsd0.1": lambda s, t, T: jsd_loss(s, t, 0.1, T, reduction="none"),
+    "jsd0.5": lambda s, t, T: jsd_loss(s, t, 0.5, T, reduction="none"),
+    "jsd0.9": lambda s, t, T: jsd_loss(s, t, 0.9, T, reduction="none"),
+    "jsd1": lambda s, t, T: jsd_loss(s, t, 1.0, T, reduction="none"),
+}
+
+
+def f64_reference(name: str, s, t, T):
+    if name.startswith("jsd"):
+        beta = float(name[3:])
+        # the GKD endpoints: beta = 0 is the forward KL, beta = 1 the reverse KL
+        if beta == 0.0:
+            return f64_divergence("kd", s, t, T)
+        if beta == 1.0:
+            return f64_divergence("reverse_kl", s, t, T)
+        return f64_divergence("jsd", s, t, T, beta)
+    return f64_divergence(name, s, t, T)
+
+
+def assert_hard_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """float64: equal to 1e-9 relative; float32: to 1e-4 relative, plus an absolute slack
+    for near-zero values (float32 log-probabilities of 1 - 1e-13 round to 0)."""
+    rtol, atol = (1e-9, 1e-9) if dtype == torch.float64 else (1e-4, 1e-4)
+    torch.testing.assert_close(actual.detach().double(), expected, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T", [1.0, 0.5, 2.0])
+@pytest.mark.parametrize("case", HARD_CASES)
+@pytest.mark.parametrize("name", sorted(DIVERGENCE_FNS))
+def test_hard_inputs_match_float64_definitions(name, case, T, dtype):
+    s, t = hard_logits(case, seed=40), hard_logits(case, seed=41)
+    expected = f64_reference(name, s, t, T)
+    got = DIVERGENCE_FNS[name](s.to(dtype), t.to(dtype), T)
+    assert got.dtype == dtype
+    assert_hard_close(got, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T", [1.0, 0.5, 4.0])
+@pytest.mark.parametrize("case", HARD_CASES)
+def test_dkd_hard_inputs_match_float64_definition(case, T, dtype):
+    s, t = hard_logits(case, seed=42), hard_logits(case, seed=43)
+    s, t = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])  # DKD on [N, K]
+    g = torch.Generator().manual_seed(44)
+    # labels: the teacher's top class (the usual case) and random ones
+    y = torch.where(torch.rand(s.shape[0], generator=g) < 0.5, t.argmax(-1),
+                    torch.randint(0, s.shape[-1], (s.shape[0],), generator=g))
+    expected = f64_dkd(s, t, y, 1.0, 8.0, T)
+    got = dkd_loss(s.to(dtype), t.to(dtype), y, 1.0, 8.0, T, reduction="none")
+    assert_hard_close(got, expected, dtype)
+
+
+def test_reverse_kl_keeps_small_teacher_probabilities():
+    """log p_t = -100 is kept as is, not clamped at log(float32 tiny) = -87.3."""
+    s, t = torch.zeros(1, 2), torch.tensor([[0.0, -100.0]])
+    # p_s = (1/2, 1/2), log p_t = (0, -100) up to 4e-44: KL = 50 - log 2
+    expected = 50.0 - math.log(2.0)
+    for got in (reverse_kl_loss(s, t), jsd_loss(s, t, 1.0), ReverseKL()(s, t),
+                GeneralizedJSD(1.0)(s, t), reverse_kl_loss(s.double(), t.double())):
+        assert abs(got.item() - expected) < 1e-5 * expected, got
+
+
+def test_only_true_zero_teacher_probabilities_are_floored():
+    """A teacher probability of exactly 0 is replaced by float32's smallest normal number
+    (finite loss); a tiny non-zero one (1e-40, subnormal in float32) is used as is."""
+    s = torch.zeros(1, 3)
+    tiny = torch.finfo(torch.float32).tiny
+    p_zero = torch.tensor([[0.5, 0.5, 0.0]])
+    expected_zero = (2 / 3) * math.log((1 / 3) / 0.5) + (1 / 3) * math.log((1 / 3) / tiny)
+    got = reverse_kl_loss(s, None, teacher_probs=p_zero)
+    assert abs(got.item() - expected_zero) < 1e-5 * abs(expected_zero)
+    p_small = torch.tensor([[0.5, 0.5, 1e-40]])
+    small = float(p_small[0, 2])  # the float32 value actually stored
+    expected_small = (2 / 3) * math.log((1 / 3) / 0.5) + (1 / 3) * math.log((1 / 3) / small)
+    for got in (reverse_kl_loss(s, None, teacher_probs=p_small),
+                jsd_loss(s, None, 1.0, teacher_probs=p_small)):
+        assert abs(got.item() - expected_small) < 1e-5 * abs(expected_small), got
+    # a teacher logit of -inf is a true zero too: finite, with finite gradients
+    s2 = torch.zeros(1, 3, requires_grad=True)
+    t2 = torch.tensor([[0.0, 0.0, -math.inf]])
+    out = reverse_kl_loss(s2, t2)
+    (g,) = torch.autograd.grad(out, s2)
+    assert abs(out.item() - expected_zero) < 1e-5 * abs(expected_zero)
+    assert torch.isfinite(g).all()
+
+
+HARD_GRAD_FNS = {
+    "kd": lambda s, t: kd_loss(s, t, 0.5),
+    "reverse_kl": lambda s, t: reverse_kl_loss(s, t, 0.5),
+    "jsd": lambda s, t: jsd_loss(s, t, 0.3, 0.5),
+    "jsd0": lambda s, t: jsd_loss(s, t, 0.0, 2.0),
+    "jsd1": lambda s, t: jsd_loss(s, t, 1.0, 1.0),
+    "tvd": lambda s, t: tvd_loss(s, t, 1.0),
+    "dkd": lambda s, t: dkd_loss(s, t, torch.tensor([0, 3, 1]), 1.0, 8.0, 2.0),
+}
+
+
+@pytest.mark.parametrize("case", ["std20", "std50", "peaked", "one_hot_like"])
+@pytest.mark.parametrize("name", sorted(HARD_GRAD_FNS))
+def test_hard_inputs_gradcheck(name, case):
+    s = hard_logits(case, seed=45, shape=(3, 5)).requires_grad_()
+    t = hard_logits(case, seed=46, shape=(3, 5)).requires_grad_()
+    assert torch.autograd.gradcheck(HARD_GRAD_FNS[name], (s, t))
+
+
+@pytest.mark.parametrize("case", HARD_CASES)
+@pytest.mark.parametrize("name", ["kd", "reverse_kl", "jsd0.5", "jsd1"])
+def test_hard_inputs_float32_gradients_match_float64(name, case):
+    """The student gradient in float32 equals the float64 one up to rounding."""
+    s, t = hard_logits(case, seed=47), hard_logits(case, seed=48)
+    grads = []
+    for dtype in (torch.float64, torch.float32):
+        x = s.to(dtype).requires_grad_()
+        (g,) = torch.autograd.grad(DIVERGENCE_FNS[name](x, t.to(dtype), 0.5).sum(), x)
+        grads.append(g.double())
+    scale = float(grads[0].abs().max())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4 * max(scale, 1.0))
+
+
+# ---------------------------------------------------------------- TRL's generalized JSD
+
+
+def trl_generalized_jsd(student, teacher, beta, temperature=1.0, labels=None):
+    """TRL's ``GKDTrainer.generalized_jsd_loss`` (huggingface/trl,
+    trl/experimental/gkd/gkd_trainer.py), ``reduction="batchmean"``, re-derived from its
+    definition in float64: logits divided by T (no T^2 factor), elementwise KL terms
+    ``exp(log target) * (log target - log input)``; ``beta = 0`` is KL(teacher || student),
+    ``beta = 1`` KL(student || teacher), otherwise ``beta KL(t || m) + (1 - beta) KL(s || m)``
+    with ``m = beta p_t + (1 - beta) p_s``; the masked terms summed and divided by the
+    number of counted positions (labels != -100), or by the first dimension without labels.
+    """
+    log_s = torch.log_softmax(student.double() / temperature, -1)
+    log_t = torch.log_softmax(teacher.double() / temperature, -1)
+
+    def terms(log_target, log_input):
+        return log_target.exp() * (log_target - log_input)
+
+    if beta == 0:
+        jsd = terms(log_t, log_s)
+    elif beta == 1:
+        jsd = terms(log_s, log_t)
+    else:
+        log_m = torch.logaddexp(log_s + math.log1p(-beta), log_t + math.log(beta))
+        jsd = beta * terms(log_t, log_m) + (1 - beta) * terms(log_s, log_m)
+    if labels is not None:
+        mask = labels != -100
+        return jsd[mask].sum() / mask.sum().clamp(min=1)
+    return jsd.sum() / jsd.shape[0]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("case", ["mild", "std20", "one_hot_like", "vocab32k"])
+def test_jsd_equals_trl_at_t1_and_carries_t_squared(beta, case):
+    """Same beta convention as TRL; equal at T = 1, T^2 times TRL's value otherwise."""
+    if case == "mild":
+        s, t = randn(6, 23, seed=49), randn(6, 23, seed=50)
+    else:
+        s, t = hard_logits(case, seed=49), hard_logits(case, seed=50)
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+        for T in (1.0, 2.0, 0.5):
+            if s.ndim == 3:  # [B, L, V]: TRL's batchmean over positions needs the labels
+                labels = torch.zeros(s.shape[:-1], dtype=torch.long)
+                trl = trl_generalized_jsd(s, t, beta, T, labels)
+            else:
+                trl = trl_generalized_jsd(s, t, beta, T)
+            ours = GeneralizedJSD(beta, T)(s.to(dtype), t.to(dtype))
+            torch.testing.assert_close(ours.double(), T * T * trl, rtol=tol, atol=tol)

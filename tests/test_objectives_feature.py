@@ -207,15 +207,91 @@ def test_relational_values(dtype, B, Ds, Dt):
     s, t = randn(B, Ds, dtype=dtype, seed=16), randn(B, Dt, dtype=dtype, seed=17) * 3 + 1
     sn, tn = s.double().numpy(), t.double().numpy()
     exp = ref_rkd_distance(sn, tn)
-    assert_matches(rkd_distance_loss(s, t, "none"), exp, dtype)
-    assert_matches(RKDDistance()(s, t), exp.mean(), dtype)
+    assert_matches(rkd_distance_loss(s, t, "none", average_over="distinct"), exp, dtype)
+    assert_matches(RKDDistance(average_over="distinct")(s, t), exp.mean(), dtype)
     exp = ref_rkd_angle(sn, tn)
-    assert_matches(rkd_angle_loss(s, t, "none"), exp, dtype)
-    assert_matches(RKDAngle()(s, t), exp.mean(), dtype)
+    assert_matches(rkd_angle_loss(s, t, "none", average_over="distinct"), exp, dtype)
+    assert_matches(RKDAngle(average_over="distinct")(s, t), exp.mean(), dtype)
     for tau in (1.0, 0.2):
         exp = ref_gram_kl(sn, tn, tau)
         assert_matches(similarity_kl_loss(s, t, tau, "none"), exp, dtype)
         assert_matches(SimilarityKL(tau)(s, t), exp.mean(), dtype)
+
+
+def authors_rkd_distance(s: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+    """RKD distance loss as the authors' code computes it (lenscloth/RKD, metric/loss.py,
+    RkdDistance; torchdistill likewise), by loops: the B x B distance matrix with a zero
+    diagonal, divided by the mean of its positive entries, then the smooth-L1 loss averaged
+    over all B^2 entries. Returns the loss and the per-anchor row means."""
+    B = s.shape[0]
+
+    def normalized_distances(x):
+        d = np.array([[np.linalg.norm(x[i] - x[j]) if i != j else 0.0 for j in range(B)]
+                      for i in range(B)])
+        return d / d[d > 0].mean()
+
+    ds, dt = normalized_distances(s), normalized_distances(t)
+    h = np.array([[huber(ds[i, j], dt[i, j]) for j in range(B)] for i in range(B)])
+    return float(h.sum() / B**2), h.mean(1)
+
+
+def authors_rkd_angle(s: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+    """RKD angle loss as the authors' code computes it (RKdAngle): for every vertex i the
+    unit vectors u_ij = (x_j - x_i) / |x_j - x_i| (the zero vector for j = i, as
+    F.normalize gives), the B x B x B cosines <u_ij, u_ik>, and the smooth-L1 loss averaged
+    over all B^3 entries. Returns the loss and the per-vertex means over (j, k)."""
+    B = s.shape[0]
+
+    def cosines(x):
+        u = np.zeros((B, B, x.shape[1]))
+        for i in range(B):
+            for j in range(B):
+                if i != j:
+                    u[i, j] = (x[j] - x[i]) / np.linalg.norm(x[j] - x[i])
+        return np.einsum("ijc,ikc->ijk", u, u)
+
+    cs, ct = cosines(s), cosines(t)
+    h = np.array([[[huber(cs[i, j, k], ct[i, j, k]) for k in range(B)] for j in range(B)]
+                  for i in range(B)])
+    return float(h.sum() / B**3), h.reshape(B, -1).mean(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("B,Ds,Dt", [(5, 3, 7), (8, 6, 6), (3, 2, 4), (16, 5, 9)])
+def test_rkd_default_follows_the_authors_code(dtype, B, Ds, Dt):
+    """Default average_over="all": the mean over all B^2 pairs / B^3 triplets (the authors'
+    code); "distinct" is B/(B-1) resp. B^2/((B-1)(B-2)) times that."""
+    s, t = randn(B, Ds, dtype=dtype, seed=30), randn(B, Dt, dtype=dtype, seed=31) * 3 + 1
+    sn, tn = s.double().numpy(), t.double().numpy()
+    loss, per_anchor = authors_rkd_distance(sn, tn)
+    assert_matches(RKDDistance()(s, t), loss, dtype)
+    assert_matches(RKDDistance(average_over="all")(s, t), loss, dtype)
+    assert_matches(rkd_distance_loss(s, t), loss, dtype)
+    assert_matches(rkd_distance_loss(s, t, "none"), per_anchor, dtype)
+    assert_matches(RKDDistance(average_over="distinct")(s, t), loss * B / (B - 1), dtype)
+    loss, per_vertex = authors_rkd_angle(sn, tn)
+    assert_matches(RKDAngle()(s, t), loss, dtype)
+    assert_matches(RKDAngle(average_over="all")(s, t), loss, dtype)
+    assert_matches(rkd_angle_loss(s, t), loss, dtype)
+    assert_matches(rkd_angle_loss(s, t, "none"), per_vertex, dtype)
+    factor = B * B / ((B - 1) * (B - 2))
+    assert_matches(RKDAngle(average_over="distinct")(s, t), loss * factor, dtype)
+
+
+def test_rkd_average_over_is_checked_and_shown():
+    from distillery.errors import ConfigError
+
+    for cls, fn in ((RKDDistance, rkd_distance_loss), (RKDAngle, rkd_angle_loss)):
+        with pytest.raises(ConfigError, match="average_over"):
+            cls(average_over="pairs")
+        with pytest.raises(ConfigError, match="average_over"):
+            fn(randn(4, 3), randn(4, 3), average_over="mean")
+        assert "average_over='all'" in repr(cls())
+        assert "average_over='distinct'" in repr(cls(average_over="distinct"))
+    s = randn(5, 3, seed=32).requires_grad_()
+    t = randn(5, 4, seed=33).requires_grad_()
+    for fn in (rkd_distance_loss, rkd_angle_loss):
+        assert torch.autograd.gradcheck(lambda a, b, fn=fn: fn(a, b, average_over="distinct"), (s, t))
 
 
 def test_relational_flattens_feature_maps():

@@ -62,6 +62,20 @@ def safe_log(p: Tensor) -> Tensor:
     return torch.log(torch.where(positive, p, torch.ones_like(p))).masked_fill(~positive, -math.inf)
 
 
+def floor_log_zeros(log_p: Tensor) -> Tensor:
+    """``log p`` with ``-inf`` (a probability of exactly 0) replaced by ``log(tiny)``.
+
+    ``tiny`` is the smallest positive normal number of ``log_p``'s dtype (``log(tiny)`` is
+    about -87.3 in float32, -708.4 in float64). Only true zeros are replaced: every finite
+    log-probability, however small (a log-softmax of large logits reaches -100 or -1000),
+    is kept exactly, so that a loss dividing by ``q`` (``KL(p || q)`` where ``q`` may be 0)
+    stays finite without being biased where ``q`` is merely small. The gradient is 0 at
+    the replaced entries and 1 elsewhere.
+    """
+    floor = math.log(torch.finfo(log_p.dtype).tiny)
+    return log_p.masked_fill(torch.isneginf(log_p), floor)
+
+
 def kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
     """``KL(p || q) = sum_k p_k (log p_k - log q_k)`` over the last dim, from log-probabilities.
 

@@ -23,9 +23,10 @@ follows and it is not available for per-token values (``reduction="none"``).
 
 The divergences and their conventions are those of the dense functions (GKD endpoints:
 ``jsd`` with ``beta = 0`` is the forward KL and with ``beta = 1`` the reverse KL; ``T^2``
-scaling; teacher log-probabilities clamped at ``log(tiny)`` for the reverse KL; ``0 log 0 =
-0``). Per chunk, with ``z = logits / T``, ``p = softmax(z)`` and per-token value ``T^2 D``,
-the gradient with respect to the student's raw logits is ``T * dD/dz_s`` where
+scaling; exact log-softmaxes, of which only a teacher's ``log 0 = -inf`` (a logit of
+``-inf``) is replaced by ``log(tiny)`` for the reverse KL; ``0 log 0 = 0``). Per chunk, with
+``z = logits / T``, ``p = softmax(z)`` and per-token value ``T^2 D``, the gradient with
+respect to the student's raw logits is ``T * dD/dz_s`` where
 
 * forward KL, ``D = KL(p_t || p_s)``: ``dD/dz_s = p_s - p_t``;
 * reverse KL, ``D = KL(p_s || p_t)``, ``r = log p_s - log p_t``:
@@ -105,7 +106,9 @@ def _chunk(
         if want_grad:
             grad = log_ps.exp_().sub_(p_t).mul_(T)
     elif spec.divergence == "reverse_kl":
-        log_pt.clamp_(min=math.log(torch.finfo(spec.dtype).tiny))
+        # only true zeros (log p_t = -inf) are floored, as floor_log_zeros does for the dense
+        # loss; finite log-probabilities, however small, are kept exactly
+        log_pt.masked_fill_(torch.isneginf(log_pt), math.log(torch.finfo(spec.dtype).tiny))
         p_s = log_ps.exp()
         r = log_pt.neg_().add_(log_ps).masked_fill_(p_s == 0, 0.0)  # log p_s - log p_t
         del log_pt, log_ps

@@ -13,7 +13,13 @@ vector (``teacher_probs``, used as is: no temperature is applied to it). Exactly
 two must be given.
 
 Computation happens in float32 at least: half and bfloat16 inputs are upcast, float64 stays
-float64. Zero teacher probabilities contribute ``0 * log 0 = 0``, never NaN.
+float64. Logits are turned into log-probabilities by an exact ``log_softmax`` (never by
+``log(softmax)`` nor by clamping), so large, peaked or one-hot-like logits over large
+vocabularies give the float64 value up to float32 rounding. Zero teacher probabilities
+contribute ``0 * log 0 = 0``, never NaN; where a zero teacher probability would be divided
+by (reverse KL, ``jsd`` at ``beta = 1``), only that true zero (``log p = -inf``, from a
+``teacher_probs`` entry of 0 or a teacher logit of ``-inf``) is replaced by the smallest
+positive normal float, see :func:`~distillery.objectives._common.floor_log_zeros`.
 
 """
 
@@ -31,6 +37,7 @@ from ._common import (
     check_reduction,
     check_same_shape,
     check_temperature,
+    floor_log_zeros,
     kl_from_log_probs,
     per_sample_mean,
     reduce,
@@ -85,11 +92,6 @@ def _log_probs(
     return log_ps, log_pt
 
 
-def _clamp_log(log_p: Tensor) -> Tensor:
-    """Clamp log-probabilities at ``log(tiny)`` so that ``log 0`` becomes a large finite value."""
-    return log_p.clamp(min=math.log(torch.finfo(log_p.dtype).tiny))
-
-
 # --------------------------------------------------------------------------------------
 # pure functions
 # --------------------------------------------------------------------------------------
@@ -125,13 +127,15 @@ def reverse_kl_loss(
 ) -> Tensor:
     """Reverse KL ``T^2 * KL(softmax(s/T) || p_t)`` per sample.
 
-    Zero teacher probabilities are clamped at the smallest positive normal number of the
-    compute dtype, so the loss stays finite (large) instead of ``+inf``.
+    ``log p_t`` is the exact log-softmax of the teacher logits (or ``log(teacher_probs)``);
+    only zero teacher probabilities (``log p_t = -inf``) are replaced by the smallest
+    positive normal number of the compute dtype, so the loss stays finite (large) instead
+    of ``+inf``. Shapes as in :func:`kd_loss`.
     """
     check_reduction(reduction)
     T = check_temperature("temperature", temperature)
     log_ps, log_pt = _log_probs("reverse_kl", student_logits, teacher_logits, teacher_probs, T)
-    per_position = kl_from_log_probs(log_ps, _clamp_log(log_pt)) * (T * T)
+    per_position = kl_from_log_probs(log_ps, floor_log_zeros(log_pt)) * (T * T)
     return reduce(per_sample_mean(per_position), reduction)
 
 
@@ -150,7 +154,12 @@ def jsd_loss(
     ``m = beta * p_t + (1 - beta) * p_s``, for ``0 < beta < 1``. At the endpoints, following
     the GKD reference code, ``beta = 0`` is the forward KL ``KL(p_t || p_s)`` and ``beta = 1``
     the reverse KL ``KL(p_s || p_t)`` (the limits of ``JSD(beta) / beta`` and
-    ``JSD(beta) / (1 - beta)``; the formula itself would give 0 there).
+    ``JSD(beta) / (1 - beta)``; the formula itself would give 0 there). The mixture is
+    formed in log space (``log m = logsumexp(log beta + log p_t, log(1 - beta) + log p_s)``).
+
+    Equals TRL's ``generalized_jsd_loss`` (same ``beta``: the teacher's weight in ``m``) at
+    ``T = 1`` and carries a ``T^2`` factor otherwise; see :class:`GeneralizedJSD` for the
+    reductions under which the two agree.
     """
     check_reduction(reduction)
     T = check_temperature("temperature", temperature)
@@ -161,7 +170,7 @@ def jsd_loss(
     if beta == 0.0:
         per_position = kl_from_log_probs(log_pt, log_ps)
     elif beta == 1.0:
-        per_position = kl_from_log_probs(log_ps, _clamp_log(log_pt))
+        per_position = kl_from_log_probs(log_ps, floor_log_zeros(log_pt))
     else:
         log_m = torch.logsumexp(
             torch.stack([log_pt + math.log(beta), log_ps + math.log1p(-beta)]), dim=0
@@ -311,8 +320,9 @@ class ReverseKL(Objective):
     Distillation of Large Language Models", arXiv:2306.08543) and as an endpoint of GKD.
 
     Per sample: ``T^2 * sum_k p_s,k * (log p_s,k - log p_t,k)``, ``p_s = softmax(student/T)``,
-    ``p_t = softmax(teacher/T)`` or ``teacher_probs``. Zero teacher probabilities are clamped at
-    the smallest positive normal float of the compute dtype, so the loss is large but finite.
+    ``p_t = softmax(teacher/T)`` or ``teacher_probs``. Log-probabilities are exact
+    log-softmaxes; only zero teacher probabilities (``log p_t = -inf``) are replaced by the
+    smallest positive normal float of the compute dtype, so the loss is large but finite.
 
     Args of ``forward``: ``student`` ``[B, K]`` (or ``[B, ..., K]``), ``teacher`` logits or
     ``teacher_probs`` of the same shape. Returns ``[B]`` or a scalar.
@@ -358,6 +368,15 @@ class GeneralizedJSD(Objective):
     ``beta = 0`` gives the forward KL ``T^2 * KL(p_t || p_s)`` and ``beta = 1`` the reverse KL
     ``T^2 * KL(p_s || p_t)``; these are the limits of ``JSD(beta)/beta`` and
     ``JSD(beta)/(1-beta)``, whereas the formula itself would degenerate to 0.
+
+    Relation to TRL: ``beta`` means the same as in TRL's ``GKDTrainer.generalized_jsd_loss``
+    (huggingface/trl, ``trl/experimental/gkd/gkd_trainer.py``): the weight of the teacher in
+    the mixture ``m``, with ``beta = 0`` the forward and ``beta = 1`` the reverse KL. At
+    ``T = 1`` the ``"mean"`` value equals TRL's with ``reduction="batchmean"`` for ``[B, K]``
+    logits, and for ``[B, L, V]`` logits when TRL gets labels that count every position
+    (without labels TRL's ``batchmean`` divides the sum over all positions by ``B``, i.e.
+    ``L`` times distillery's mean over positions). At ``T != 1`` TRL divides the logits by
+    ``T`` but applies no ``T^2`` factor: distillery's value is ``T^2`` times TRL's.
 
     Args of ``forward``: ``student`` ``[B, K]`` (or ``[B, ..., K]``), ``teacher`` logits or
     ``teacher_probs`` of the same shape. Returns ``[B]`` or a scalar.

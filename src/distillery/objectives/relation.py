@@ -3,17 +3,25 @@
 Only ``B x B`` (or ``B x B x B``) relation tensors are compared, so the student's and the
 teacher's embedding sizes may differ. Inputs are flattened to ``[B, D]``. These are
 batch-level losses; see each class for what ``reduction="none"`` returns.
+
+The RKD terms average over ``average_over="all"`` entries of the relation tensor (all
+``B^2`` pairs, all ``B^3`` triplets, the degenerate ones contributing 0, as the authors'
+code github.com/lenscloth/RKD ``metric/loss.py`` and torchdistill do) or over the
+``"distinct"`` ones only (``B(B-1)`` ordered pairs, ``B(B-1)(B-2)`` triplets). The two
+differ by a constant factor: ``distinct = all * B / (B-1)`` for the distance term and
+``distinct = all * B^2 / ((B-1)(B-2))`` for the angle term.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
 from ..registry import OBJECTIVES
 from ._common import (
     check_reduction,
@@ -26,6 +34,7 @@ from ._common import (
 from .base import Objective
 
 __all__ = [
+    "RKD_AVERAGES",
     "RKDAngle",
     "RKDDistance",
     "SimilarityKL",
@@ -36,6 +45,21 @@ __all__ = [
 ]
 
 _EPS = 1e-12
+
+#: Values of the RKD terms' ``average_over``: the authors' ``"all"`` entries of the relation
+#: tensor (``B^2`` pairs, ``B^3`` triplets) or only the ``"distinct"`` ones.
+RKD_AVERAGES = ("all", "distinct")
+RKDAverage = Literal["all", "distinct"]
+
+
+def _check_average_over(name: str, average_over: str) -> str:
+    if average_over not in RKD_AVERAGES:
+        raise ConfigError(
+            f"{name}: average_over must be one of {RKD_AVERAGES} (\"all\": every pair/triplet "
+            f"of the batch as in the authors' code, \"distinct\": distinct indices only), got "
+            f"{average_over!r}."
+        )
+    return average_over
 
 
 def _flatten_pair(name: str, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
@@ -76,13 +100,18 @@ def pairwise_distances(embeddings: Tensor) -> Tensor:
     return torch.where(off, d2.sqrt(), torch.zeros_like(d2))
 
 
-def rkd_distance_loss(student: Tensor, teacher: Tensor, reduction: str = "mean") -> Tensor:
+def rkd_distance_loss(
+    student: Tensor, teacher: Tensor, reduction: str = "mean", average_over: RKDAverage = "all"
+) -> Tensor:
     """RKD distance-wise loss; per anchor (``"none"``, ``[B]``) or its mean (scalar).
 
     ``student``: ``[B, ...]``, ``teacher``: ``[B, ...]``, flattened to ``[B, D_s]``,
-    ``[B, D_t]``. Fewer than 2 samples give 0 (attached to the graph).
+    ``[B, D_t]``. Anchor ``i``'s value is ``sum_{j != i} huber_ij`` divided by ``B``
+    (``average_over="all"``, the authors' code) or by ``B - 1`` (``"distinct"``). Fewer than
+    2 samples give 0 (attached to the graph).
     """
     check_reduction(reduction)
+    _check_average_over("rkd_distance", average_over)
     s, t = _flatten_pair("rkd_distance", student, teacher)
     batch = s.shape[0]
     if batch < 2:
@@ -93,7 +122,8 @@ def rkd_distance_loss(student: Tensor, teacher: Tensor, reduction: str = "mean")
     ds = ds / ds[off].mean()
     dt = dt / dt[off].mean()
     huber = F.smooth_l1_loss(ds, dt, reduction="none", beta=1.0)
-    per_anchor = torch.where(off, huber, torch.zeros_like(huber)).sum(1) / (batch - 1)
+    count = batch if average_over == "all" else batch - 1
+    per_anchor = torch.where(off, huber, torch.zeros_like(huber)).sum(1) / count
     return reduce(per_anchor, reduction)
 
 
@@ -110,12 +140,18 @@ def _angle_cosines(e: Tensor, valid: Tensor) -> Tensor:
     return dot / denom
 
 
-def rkd_angle_loss(student: Tensor, teacher: Tensor, reduction: str = "mean") -> Tensor:
+def rkd_angle_loss(
+    student: Tensor, teacher: Tensor, reduction: str = "mean", average_over: RKDAverage = "all"
+) -> Tensor:
     """RKD angle-wise loss; per vertex (``"none"``, ``[B]``) or its mean (scalar).
 
-    Memory is ``O(B^3)``. Fewer than 3 samples give 0 (attached to the graph).
+    Vertex ``v``'s value is the sum of the Huber terms of its ``(B-1)(B-2)`` triplets of
+    distinct indices divided by ``B^2`` (``average_over="all"``, the authors' code, where the
+    degenerate triplets contribute 0) or by ``(B-1)(B-2)`` (``"distinct"``). Memory is
+    ``O(B^3)``. Fewer than 3 samples give 0 (attached to the graph).
     """
     check_reduction(reduction)
+    _check_average_over("rkd_angle", average_over)
     s, t = _flatten_pair("rkd_angle", student, teacher)
     batch = s.shape[0]
     if batch < 3:
@@ -128,7 +164,8 @@ def rkd_angle_loss(student: Tensor, teacher: Tensor, reduction: str = "mean") ->
         _angle_cosines(s, valid), _angle_cosines(t, valid), reduction="none", beta=1.0
     )
     huber = torch.where(valid, huber, torch.zeros_like(huber))
-    per_vertex = huber.sum((1, 2)) / ((batch - 1) * (batch - 2))
+    count = batch * batch if average_over == "all" else (batch - 1) * (batch - 2)
+    per_vertex = huber.sum((1, 2)) / count
     return reduce(per_vertex, reduction)
 
 
@@ -170,11 +207,17 @@ class RKDDistance(Objective):
     ``psi(x_i, x_j) = |x_i - x_j|_2 / mu`` with ``mu`` the mean distance over the off-diagonal
     pairs ``i != j`` of the batch, for student and teacher separately; loss
     ``l_delta(psi_t(i, j), psi_s(i, j))`` with the Huber loss ``l_delta`` (``delta = 1``,
-    i.e. smooth L1), averaged over the ``B(B-1)`` ordered pairs ``i != j`` (the authors' code
-    also averages the zero diagonal, which scales the value by ``(B-1)/B``).
+    i.e. smooth L1), averaged over
 
-    ``reduction="none"`` returns ``[B]``: for each anchor ``i``, the mean over ``j != i``;
-    the mean of that vector is the ``"mean"`` value. A batch of fewer than 2 gives 0.
+    * ``average_over="all"`` (default): all ``B^2`` pairs, the diagonal (0 for both)
+      included, as the authors' code (github.com/lenscloth/RKD, ``RkdDistance``) and
+      torchdistill do;
+    * ``average_over="distinct"``: the ``B(B-1)`` ordered pairs ``i != j`` only, i.e. the
+      ``"all"`` value times ``B / (B-1)`` (distillery's former default).
+
+    ``reduction="none"`` returns ``[B]``: for each anchor ``i``, the sum over ``j != i``
+    divided by ``B`` (``"all"``) or ``B - 1`` (``"distinct"``); the mean of that vector is
+    the ``"mean"`` value. A batch of fewer than 2 gives 0.
 
     Args of ``forward``: ``student`` ``[B, ...]`` and ``teacher`` ``[B, ...]``, flattened to
     ``[B, D_s]`` and ``[B, D_t]`` (``D_s`` and ``D_t`` may differ).
@@ -189,8 +232,15 @@ class RKDDistance(Objective):
     inputs = dict(_REL_INPUTS)
     target_space = None
 
+    def __init__(self, reduction: str = "mean", average_over: RKDAverage = "all") -> None:
+        super().__init__(reduction)
+        self.average_over = _check_average_over("rkd_distance", average_over)
+
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return rkd_distance_loss(student, teacher, self.reduction)
+        return rkd_distance_loss(student, teacher, self.reduction, self.average_over)
+
+    def extra_repr(self) -> str:
+        return f"average_over={self.average_over!r}, reduction={self.reduction!r}"
 
 
 @OBJECTIVES.register("rkd_angle")
@@ -202,12 +252,18 @@ class RKDAngle(Objective):
 
     For a triplet with vertex ``v`` and ends ``a``, ``b``:
     ``psi(v, a, b) = <e_va, e_vb>`` with ``e_va = (x_a - x_v) / |x_a - x_v|_2``; loss
-    ``l_delta(psi_t, psi_s)`` (Huber, ``delta = 1``) averaged over the ``B(B-1)(B-2)``
-    triplets of distinct indices (the authors' code also averages the degenerate triplets,
-    which contribute 0 but enter the denominator).
+    ``l_delta(psi_t, psi_s)`` (Huber, ``delta = 1``) averaged over
 
-    ``reduction="none"`` returns ``[B]``: for each vertex ``v``, the mean over its
-    ``(B-1)(B-2)`` triplets; the mean of that vector is the ``"mean"`` value. Memory is
+    * ``average_over="all"`` (default): all ``B^3`` index triplets, as the authors' code
+      (github.com/lenscloth/RKD, ``RKdAngle``) and torchdistill do; the degenerate triplets
+      (``a = v``, ``b = v`` or ``a = b``) give the same cosine (0 or 1) for student and
+      teacher and contribute 0, but enter the denominator;
+    * ``average_over="distinct"``: the ``B(B-1)(B-2)`` triplets of distinct indices only,
+      i.e. the ``"all"`` value times ``B^2 / ((B-1)(B-2))`` (distillery's former default).
+
+    ``reduction="none"`` returns ``[B]``: for each vertex ``v``, the sum over its
+    ``(B-1)(B-2)`` distinct triplets divided by ``B^2`` (``"all"``) or ``(B-1)(B-2)``
+    (``"distinct"``); the mean of that vector is the ``"mean"`` value. Memory is
     ``O(B^3)``; a batch of fewer than 3 gives 0.
 
     Args of ``forward``: ``student`` ``[B, ...]`` and ``teacher`` ``[B, ...]``, flattened to
@@ -223,8 +279,15 @@ class RKDAngle(Objective):
     inputs = dict(_REL_INPUTS)
     target_space = None
 
+    def __init__(self, reduction: str = "mean", average_over: RKDAverage = "all") -> None:
+        super().__init__(reduction)
+        self.average_over = _check_average_over("rkd_angle", average_over)
+
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return rkd_angle_loss(student, teacher, self.reduction)
+        return rkd_angle_loss(student, teacher, self.reduction, self.average_over)
+
+    def extra_repr(self) -> str:
+        return f"average_over={self.average_over!r}, reduction={self.reduction!r}"
 
 
 @OBJECTIVES.register("gram_kl")
