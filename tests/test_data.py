@@ -23,7 +23,7 @@ from distillery.data import (
     npz,
     stratified_split,
 )
-from distillery.data import datasets as D
+from distillery.data import mnist_1d as D
 from distillery.errors import ConfigError, DataError
 from distillery.registry import DATASETS
 

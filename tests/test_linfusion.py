@@ -12,7 +12,7 @@ from distillery.models import surgery
 from distillery.errors import ConfigError
 from distillery.models import build_model
 from distillery.models.linear_attention import LinearAttention, linear_attention, linearize_attention
-from distillery.models.reference import Attention
+from distillery.models.transformer import Attention
 from distillery.objectives import CrossEntropy
 from distillery.recipes.linfusion import activation_bytes, linfusion_distiller, linfusion_terms
 

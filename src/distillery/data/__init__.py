@@ -4,24 +4,22 @@ Importing this package registers every dataset and view defined in its modules: 
 datasets (``digits``, ``mnist1d``, ``gaussian_mixture``, ``image_folder``, ``npz``), the views
 (``identity``, ``shift1d``, ``noise``, ``scale``, ``crop2d``, ``flip2d``, ``patch_mask``, ...)
 and the miniature datasets of the method reproductions (``distillery list`` shows them all).
+
+Modules: :mod:`.datasets` (``ArrayDataset``, ``DataSplits``, batching, splitting, the cache
+directory, ``load_dataset``), one module per built-in factory (:mod:`.uci_digits`,
+:mod:`.mnist_1d`, :mod:`.mixtures`, :mod:`.files`), :mod:`.views`, and :mod:`.miniature` for
+the papers' procedural sets. (The factory modules are not named after their functions, so that
+``distillery.data.digits`` stays the function.)
 """
 
 from __future__ import annotations
 
 from . import datasets, views
-from .datasets import (
-    ArrayDataset,
-    DataSplits,
-    cache_dir,
-    collate_batch,
-    digits,
-    gaussian_mixture,
-    image_folder,
-    load_dataset,
-    mnist1d,
-    npz,
-    stratified_split,
-)
+from .datasets import ArrayDataset, DataSplits, cache_dir, collate_batch, load_dataset, stratified_split
+from .files import image_folder, npz
+from .mixtures import gaussian_mixture
+from .mnist_1d import mnist1d
+from .uci_digits import digits
 from .views import (
     Compose,
     Crop2d,

@@ -33,7 +33,8 @@ import torch
 
 from ..errors import ConfigError, ShapeError
 from ..registry import DATASETS
-from .datasets import ArrayDataset, DataSplits, _check_count, _check_fraction, digits
+from .datasets import ArrayDataset, DataSplits, _check_count, _check_fraction
+from .uci_digits import digits
 
 __all__ = [
     "ATTRIBUTES",

@@ -18,13 +18,14 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as D
 from ..evaluation import metrics as M
@@ -32,7 +33,7 @@ from ..batch import as_batch_view, to_device
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from . import checkpoint as ckpt
 from .distiller import Distiller
-from .loading import make_loader, steps_per_epoch
+from .loading import EpochBatchSampler, make_loader, steps_per_epoch
 from .logger import MetricsLogger
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -100,6 +101,28 @@ def build_scheduler(optimizer: torch.optim.Optimizer, spec: dict[str, Any], tota
         return floor + (1 - floor) * (1 - progress)  # linear
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class _Run:
+    """What one call of :meth:`Trainer.fit` works with, from set-up to summary."""
+
+    world: int
+    rank: int
+    loader: DataLoader
+    sampler: EpochBatchSampler
+    batches: int  # global batches per epoch
+    total_steps: int
+    ckpt_root: Path | None
+    wrapper: torch.nn.Module | None  # the DDP/FSDP student, or None on one process
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    extra_params: list[torch.nn.Parameter]  # trainable, but synchronised by no wrapper
+    start_epoch: int = 0
+    start_batch: int = 0  # micro-batch to start the first epoch at (resume)
+    logger: MetricsLogger | None = None
+    t0: float = 0.0  # perf_counter at the (virtual) start, earlier by the resumed run's time
+    step: int = 0  # optimizer steps so far (the distiller's global_step)
 
 
 class Trainer:
@@ -266,129 +289,211 @@ class Trainer:
         Under torch.distributed (launched by torchrun) ``batch_size`` is the global batch; each
         rank trains on its slice, the student is wrapped in DDP (or FSDP), and rank 0 alone
         writes logs, checkpoints and outputs.
+
+        The steps: :meth:`_set_up` (data, distiller, resume, DDP, optimizer, logger), then
+        :meth:`_train_epoch` per epoch (:meth:`_accumulate` per micro-batch,
+        :meth:`_optimizer_step`, :meth:`_log_train`, :meth:`_end_epoch` for evaluation,
+        :meth:`_checkpoint_due` / :meth:`_checkpoint`), then :meth:`_finish`.
+        """
+        run = self._set_up(resume)
+        stopped_early = False
+        try:
+            for epoch in range(run.start_epoch, self.epochs):
+                stopped_early = self._train_epoch(run, epoch)
+                if stopped_early:
+                    break
+        finally:
+            if run.logger is not None:
+                run.logger.close()
+        return self._finish(run, stopped_early)
+
+    def _set_up(self, resume: bool) -> _Run:
+        """Seed, build the loader, prepare the distiller on a first batch, load a checkpoint
+        (``resume``), wrap the student for DDP/FSDP, build optimizer, scheduler and logger.
+
+        The order matters: every random draw here (seeding, the first batch, lazily built
+        adapters, the checkpoint's RNG states restored last) is part of what makes a resumed
+        run end bit-identical to an uninterrupted one.
         """
         world, rank = D.world_size(), D.rank()
         seed_everything(self.seed + rank)
         d = self.distiller
-        per_rank = D.per_rank_batch(self.batch_size)
-        loader, sampler = make_loader(
-            self.train_data, per_rank, seed=self.seed, drop_last=self.drop_last, num_workers=self.num_workers,
-            rank=rank, world_size=world,
-        )
+        loader, sampler = self._train_loader(world, rank)
         batches = sampler.global_batches()
-        if batches == 0:
-            raise ConfigError(f"The training set has {len(self.train_data)} samples, fewer than one batch of {self.batch_size}.")  # type: ignore[arg-type]
-        per_epoch = steps_per_epoch(batches, self.grad_accum)
-        total_steps = per_epoch * self.epochs
+        total_steps = steps_per_epoch(batches, self.grad_accum) * self.epochs
         d.set_total_steps(total_steps)
-
-        first = next(iter(make_loader(self.train_data, per_rank, seed=self.seed, rank=rank, world_size=world)[0]))
-        d.train()
-        d.prepare(to_device(first, self.device))
+        self._prepare_distiller(world, rank)
         ckpt_root = self.out_dir / "checkpoints" if self.out_dir else None
-        resume_state = None
-        if resume:
-            path = ckpt.latest_checkpoint(ckpt_root) if ckpt_root else None
-            if path is None:
-                raise CheckpointError(f"--resume was given but {ckpt_root} holds no checkpoint to resume from.")
-            resume_state = ckpt.load_checkpoint(path, d, None)
-        elif world > 1:
-            D.broadcast_module_(d)  # identical start on every rank (adapters are built per rank)
-        wrapper = None
-        if world > 1:
-            wrapper = D.wrap_student(d.student, self.distributed, self.device, self.find_unused_parameters)
-            d.set_student_wrapper(wrapper)
+        resume_path, resume_state = self._load_checkpoint(ckpt_root) if resume else (None, None)
+        wrapper = self._distribute(world, resumed=resume_state is not None)
         optimizer = build_optimizer(d.trainable_parameters(), self.optimizer_spec)
         scheduler = build_scheduler(optimizer, self.scheduler_spec, total_steps)
-        extra_params = self._unsynced_parameters(wrapper)
+        run = _Run(world=world, rank=rank, loader=loader, sampler=sampler, batches=batches, total_steps=total_steps,
+                   ckpt_root=ckpt_root, wrapper=wrapper, optimizer=optimizer, scheduler=scheduler,
+                   extra_params=self._unsynced_parameters(wrapper))
+        elapsed = self._resume(run, resume_path, resume_state) if resume_state is not None else 0.0
+        if self.out_dir is not None and rank == 0:
+            run.logger = MetricsLogger(self.out_dir, self.tensorboard, resume_step=resume_state["step"] if resume_state else None)
+        run.t0 = time.perf_counter() - elapsed
+        run.step = int(d.global_step)
+        return run
 
-        start_epoch, start_batch, elapsed = 0, 0, 0.0
-        if resume_state is not None:
-            ckpt.load_optimizer(path, d, optimizer, resume_state, sharded=self.distributed == "fsdp" and world > 1)
-            scheduler.load_state_dict(resume_state["scheduler"])
-            if d.balancer is not None:
-                d.balancer.load_state_dict(resume_state.get("balancer", {}))
-            start_epoch, start_batch = resume_state["epoch"], resume_state["batch"]
-            elapsed = float(resume_state.get("elapsed", 0.0))
-            self.history = list(resume_state.get("history", []))
-            ckpt.restore_rng(resume_state, rank, world, self.seed)
-        main = rank == 0
-        logger = None
-        if self.out_dir is not None and main:
-            logger = MetricsLogger(self.out_dir, self.tensorboard, resume_step=resume_state["step"] if resume_state else None)
-        t0 = time.perf_counter() - elapsed
-        step = int(d.global_step)
-        stopped_early = False
-        try:
-            for epoch in range(start_epoch, self.epochs):
-                sampler.set_epoch(epoch, start_batch)
-                bar = _progress(len(sampler), f"{self.description} {epoch + 1}/{self.epochs}", self.progress and main)
-                micro, window = start_batch, []
-                start_batch = 0
-                for batch in loader:
-                    batch = to_device(batch, self.device)
-                    group = min(self.grad_accum, batches - (micro // self.grad_accum) * self.grad_accum)
-                    last_of_group = (micro + 1) % self.grad_accum == 0 or micro + 1 == batches
-                    with self.autocast(), D.gradient_sync(wrapper, last_of_group):
-                        losses = d.step(batch, check_finite=world == 1)
-                        if world > 1:
-                            self._check_finite_everywhere(losses, step)
-                        (losses["loss"] / group).backward()
-                    window.append({k: v.detach() for k, v in losses.items()})
-                    micro += 1
-                    bar.update(1)
-                    if not last_of_group:
-                        continue
-                    D.average_gradients(extra_params)
-                    grad_norm = None
-                    if self.clip_grad_norm is not None:
-                        grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(d.trainable_parameters(), self.clip_grad_norm))
-                        if not math.isfinite(grad_norm):
-                            raise NonFiniteLossError(
-                                f"The gradient norm became {grad_norm} at step {step} although every loss term was "
-                                "finite. Training stopped; the last good checkpoint is kept."
-                            )
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    d.update()
-                    step = int(d.global_step)
-                    if step % self.log_every == 0 or step == total_steps:
-                        means = {k: sum(w[k].float() for w in window) / len(window) for k in window[0]}
-                        means = D.mean_over_ranks(means)
-                        if logger is not None:
-                            record = {"split": "train", "step": step, "epoch": epoch + micro / batches,
-                                      "lr": optimizer.param_groups[0]["lr"]}
-                            record.update({k: float(v) for k, v in means.items()})
-                            record.update({f"weight/{k}": v for k, v in d.last_weights.items()})
-                            if grad_norm is not None:
-                                record["grad_norm"] = grad_norm
-                            logger.log(record)
-                            bar.set_postfix(loss=f"{record['loss']:.4f}")
-                    window = []
-                    epoch_done = micro == batches
-                    if epoch_done:
-                        self._end_epoch(epoch, step, logger)
-                    if ckpt_root is not None and (
-                        (self.checkpoint_every and step % self.checkpoint_every == 0)
-                        or (self.checkpoint_every is None and epoch_done)
-                        or step == self.stop_after_steps
-                        or step == total_steps
-                    ):
-                        self._checkpoint(ckpt_root, step, optimizer, scheduler, epoch, micro, epoch_done, t0)
-                    if self.stop_after_steps is not None and step >= self.stop_after_steps:
-                        stopped_early = True
-                        break
-                bar.close()
-                if stopped_early:
-                    break
-        finally:
-            if logger is not None:
-                logger.close()
-        wall = time.perf_counter() - t0
+    def _train_loader(self, world: int, rank: int) -> tuple[DataLoader, EpochBatchSampler]:
+        """This rank's loader over ``train_data`` (its slice of each global batch) and its
+        resumable sampler; a ConfigError when the set holds less than one batch."""
+        loader, sampler = make_loader(
+            self.train_data, D.per_rank_batch(self.batch_size), seed=self.seed, drop_last=self.drop_last,
+            num_workers=self.num_workers, rank=rank, world_size=world,
+        )
+        if sampler.global_batches() == 0:
+            raise ConfigError(f"The training set has {len(self.train_data)} samples, fewer than one batch of {self.batch_size}.")  # type: ignore[arg-type]
+        return loader, sampler
+
+    def _prepare_distiller(self, world: int, rank: int) -> None:
+        """Switch to training mode and let the distiller build what it sizes from data
+        (adapters, lazy objectives) on the first batch of a fresh loader."""
+        first = next(iter(make_loader(self.train_data, D.per_rank_batch(self.batch_size), seed=self.seed, rank=rank,
+                                      world_size=world)[0]))
+        self.distiller.train()
+        self.distiller.prepare(to_device(first, self.device))
+
+    def _distribute(self, world: int, resumed: bool) -> torch.nn.Module | None:
+        """Under torch.distributed: the same start on every rank (unless resumed: the
+        checkpoint gave it), then the student wrapped in DDP/FSDP; ``None`` on one process."""
+        if world == 1:
+            return None
+        d = self.distiller
+        if not resumed:
+            D.broadcast_module_(d)  # identical start on every rank (adapters are built per rank)
+        wrapper = D.wrap_student(d.student, self.distributed, self.device, self.find_unused_parameters)
+        d.set_student_wrapper(wrapper)
+        return wrapper
+
+    def _load_checkpoint(self, ckpt_root: Path | None) -> tuple[Path, dict[str, Any]]:
+        """The latest checkpoint's path and state, its weights loaded into the distiller
+        (before any DDP/FSDP wrapping); a CheckpointError when there is none."""
+        path = ckpt.latest_checkpoint(ckpt_root) if ckpt_root else None
+        if path is None:
+            raise CheckpointError(f"--resume was given but {ckpt_root} holds no checkpoint to resume from.")
+        return path, ckpt.load_checkpoint(path, self.distiller, None)
+
+    def _resume(self, run: _Run, path: Path, state: dict[str, Any]) -> float:
+        """Restore what the weights do not hold: optimizer, scheduler, loss balancer, position
+        in the data (``run.start_epoch``/``start_batch``), history and RNG states (last).
+        Returns the wall time the run had already used."""
+        d = self.distiller
+        ckpt.load_optimizer(path, d, run.optimizer, state, sharded=self.distributed == "fsdp" and run.world > 1)
+        run.scheduler.load_state_dict(state["scheduler"])
+        if d.balancer is not None:
+            d.balancer.load_state_dict(state.get("balancer", {}))
+        run.start_epoch, run.start_batch = state["epoch"], state["batch"]
+        self.history = list(state.get("history", []))
+        ckpt.restore_rng(state, run.rank, run.world, self.seed)
+        return float(state.get("elapsed", 0.0))
+
+    def _train_epoch(self, run: _Run, epoch: int) -> bool:
+        """One epoch (the rest of it, on resume): micro-batches, optimizer steps, logging,
+        the end-of-epoch evaluation and checkpoints. Returns True when ``stop_after_steps``
+        ended the run."""
+        run.sampler.set_epoch(epoch, run.start_batch)
+        main = run.rank == 0
+        bar = _progress(len(run.sampler), f"{self.description} {epoch + 1}/{self.epochs}", self.progress and main)
+        micro, window = run.start_batch, []
+        run.start_batch = 0
+        stopped = False
+        for batch in run.loader:
+            losses, last_of_group = self._accumulate(run, batch, micro)
+            window.append({k: v.detach() for k, v in losses.items()})
+            micro += 1
+            bar.update(1)
+            if not last_of_group:
+                continue
+            grad_norm = self._optimizer_step(run)
+            self._log_train(run, window, epoch + micro / run.batches, grad_norm, bar)
+            window = []
+            epoch_done = micro == run.batches
+            if epoch_done:
+                self._end_epoch(epoch, run.step, run.logger)
+            if self._checkpoint_due(run, epoch_done):
+                self._checkpoint(run, epoch, micro, epoch_done)
+            if self.stop_after_steps is not None and run.step >= self.stop_after_steps:
+                stopped = True
+                break
+        bar.close()
+        return stopped
+
+    def _accumulate(self, run: _Run, batch: Any, micro: int) -> tuple[dict[str, torch.Tensor], bool]:
+        """Forward and backward of micro-batch ``micro`` of the epoch, its loss divided by the
+        size of its accumulation group. Returns the loss terms and whether the micro-batch
+        closes its group (then gradients are synchronised and an optimizer step follows)."""
+        batch = to_device(batch, self.device)
+        group = min(self.grad_accum, run.batches - (micro // self.grad_accum) * self.grad_accum)
+        last_of_group = (micro + 1) % self.grad_accum == 0 or micro + 1 == run.batches
+        with self.autocast(), D.gradient_sync(run.wrapper, last_of_group):
+            losses = self.distiller.step(batch, check_finite=run.world == 1)
+            if run.world > 1:
+                self._check_finite_everywhere(losses, run.step)
+            (losses["loss"] / group).backward()
+        return losses, last_of_group
+
+    def _optimizer_step(self, run: _Run) -> float | None:
+        """Average the unsynchronised gradients, clip, step optimizer and scheduler, then the
+        distiller's own update (EMA teachers, step count; ``run.step`` follows). Returns the
+        gradient norm before clipping (``None`` without ``clip_grad_norm``)."""
+        d = self.distiller
+        D.average_gradients(run.extra_params)
+        grad_norm = None
+        if self.clip_grad_norm is not None:
+            grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(d.trainable_parameters(), self.clip_grad_norm))
+            if not math.isfinite(grad_norm):
+                raise NonFiniteLossError(
+                    f"The gradient norm became {grad_norm} at step {run.step} although every loss term was "
+                    "finite. Training stopped; the last good checkpoint is kept."
+                )
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scheduler.step()
+        d.update()
+        run.step = int(d.global_step)
+        return grad_norm
+
+    def _log_train(self, run: _Run, window: list[dict[str, torch.Tensor]], epoch: float, grad_norm: float | None, bar: Any) -> None:
+        """Every ``log_every`` steps (and at the last): the loss terms averaged over the
+        micro-batches of this step (``window``) and over ranks, with learning rate, weights and
+        gradient norm, as a ``train`` record. ``epoch`` is fractional."""
+        if run.step % self.log_every != 0 and run.step != run.total_steps:
+            return
+        means = {k: sum(w[k].float() for w in window) / len(window) for k in window[0]}
+        means = D.mean_over_ranks(means)  # collective: every rank takes part
+        if run.logger is None:
+            return
+        record = {"split": "train", "step": run.step, "epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"]}
+        record.update({k: float(v) for k, v in means.items()})
+        record.update({f"weight/{k}": v for k, v in self.distiller.last_weights.items()})
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm
+        run.logger.log(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+    def _checkpoint_due(self, run: _Run, epoch_done: bool) -> bool:
+        """The checkpoint policy: every ``checkpoint_every`` steps (or at each epoch end when it
+        is ``None``), at ``stop_after_steps`` and at the last step; never without ``out_dir``."""
+        if run.ckpt_root is None:
+            return False
+        step = run.step
+        return bool(
+            (self.checkpoint_every and step % self.checkpoint_every == 0)
+            or (self.checkpoint_every is None and epoch_done)
+            or step == self.stop_after_steps
+            or step == run.total_steps
+        )
+
+    def _finish(self, run: _Run, stopped_early: bool) -> dict[str, Any]:
+        """The summary (final evaluation, steps, wall time); outputs written unless stopped early."""
+        wall = time.perf_counter() - run.t0
         final = self.history[-1]["metrics"] if self.history else self.evaluate()
-        summary = {"steps": step, "epochs": self.epochs, "wall_s": wall, "final": final, "complete": not stopped_early,
-                   "world_size": world}
+        summary = {"steps": run.step, "epochs": self.epochs, "wall_s": wall, "final": final, "complete": not stopped_early,
+                   "world_size": run.world}
         if self.out_dir is not None and not stopped_early:
             self._write_outputs(summary)
         D.barrier()
@@ -408,6 +513,8 @@ class Trainer:
             self.distiller.raise_if_not_finite(values, step, anywhere=True)
 
     def _end_epoch(self, epoch: int, step: int, logger: MetricsLogger | None) -> None:
+        """Evaluate (every ``eval_every`` epochs and after the last), log and record the
+        result in ``history``, then call the ``on_epoch_end`` hooks."""
         result: dict[str, Any] = {}
         if self.eval_data is not None and ((epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs):
             result = self.evaluate()  # on every rank: an FSDP-sharded student needs all of them
@@ -417,13 +524,16 @@ class Trainer:
         for hook in self.on_epoch_end:
             hook(self, epoch, result)
 
-    def _checkpoint(self, root: Path, step: int, optimizer, scheduler, epoch: int, micro: int, epoch_done: bool, t0: float) -> None:
+    def _checkpoint(self, run: _Run, epoch: int, micro: int, epoch_done: bool) -> None:
+        """Save a checkpoint at ``run.step``: weights, optimizer, and the state that resumes
+        the run where it stands (position in the data, scheduler, history, RNG of every rank)."""
+        assert run.ckpt_root is not None
         next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, micro)
         state = {
             "epoch": next_epoch,
             "batch": next_batch,
-            "scheduler": scheduler.state_dict(),
-            "elapsed": time.perf_counter() - t0,
+            "scheduler": run.scheduler.state_dict(),
+            "elapsed": time.perf_counter() - run.t0,
             "history": self.history,
             "world_size": D.world_size(),
             "rng_per_rank": D.all_gather_objects(ckpt.rng_state()),
@@ -431,9 +541,9 @@ class Trainer:
         if self.distiller.balancer is not None:
             state["balancer"] = self.distiller.balancer.state_dict()
         sharded = self.distributed == "fsdp" and D.world_size() > 1
-        model_state, optim_state = ckpt.gather_state(self.distiller, optimizer, sharded)  # collective when sharded
+        model_state, optim_state = ckpt.gather_state(self.distiller, run.optimizer, sharded)  # collective when sharded
         if D.is_main():
-            ckpt.save_checkpoint(root, step, model_state, optim_state, state, keep=self.keep_checkpoints)
+            ckpt.save_checkpoint(run.ckpt_root, run.step, model_state, optim_state, state, keep=self.keep_checkpoints)
         D.barrier()
 
     def _write_outputs(self, summary: dict[str, Any]) -> None:

@@ -17,8 +17,9 @@ projections exactly (the released code keeps PyTorch's default initialisation th
 query sees every key (non-causal) and the weights ``q_i^T k_j / sum_j q_i^T k_j`` sum to one
 (normalised); time and memory are linear in ``N`` (``[d, d]`` per head instead of ``[N, N]``).
 
-* :class:`LinearAttention` (``qkv``, ``q_map``, ``k_map``, ``proj``: the reference
-  :class:`~distillery.models.reference.Attention`'s names, so taps keep their paths);
+* :class:`LinearAttention` (``qkv``, ``q_map``, ``k_map``, ``proj``: the softmax
+  :class:`~distillery.models.transformer.Attention`'s names, so taps keep their paths; it plugs
+  into :class:`~distillery.models.transformer.TransformerBlock` as its ``attention``);
 * :func:`linearize_attention` swaps every softmax attention of a model in place
   (:func:`distillery.models.surgery.swap_modules`);
 * ``linear_vit`` (registered): a ``vit`` with linear attention; ``inherit_teacher_weights``
@@ -36,7 +37,8 @@ from torch import nn
 from . import surgery
 from ..errors import ConfigError, ShapeError
 from ..registry import MODELS
-from .reference import Attention, ViT, vit
+from .reference import ViT, build_vit_variant
+from .transformer import Attention
 
 __all__ = ["LinearAttention", "LinearViT", "linear_attention", "linearize_attention", "linear_vit", "load_softmax_weights"]
 
@@ -117,7 +119,13 @@ def linearize_attention(model: nn.Module, mid_dim: int | None = None) -> list[st
 
 class LinearViT(ViT):
     """A :class:`ViT` whose blocks use :class:`LinearAttention` (paths as in ``vit``:
-    ``blocks.i.attn.qkv``, ``blocks.i.attn.q_map``, ...)."""
+    ``blocks.i.attn.qkv``, ``blocks.i.attn.q_map``, ...).
+
+    Built as LinFusion does it: the softmax ViT first, then every attention converted with
+    :meth:`LinearAttention.from_attention` (rather than plugging ``attention=LinearAttention``
+    into the blocks), so its ``qkv``/``proj`` start as a softmax model's and its seeded initial
+    weights are those of earlier releases.
+    """
 
     def __init__(self, *args, mid_dim: int | None = None, inherit_teacher_weights: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -168,7 +176,5 @@ def linear_vit(
     """
     if mid_dim is not None and (isinstance(mid_dim, bool) or not isinstance(mid_dim, int) or mid_dim < 1):
         raise ConfigError(f"linear_vit: mid_dim must be a positive int or null, got {mid_dim!r}.")
-    ref = vit(input_shape, num_classes, patch_size, dim, depth, heads, mlp_ratio, dropout)  # validates
-    patch = tuple(int(p) for p in ref.patch_embed.proj.kernel_size)
-    return LinearViT(ref.dims, ref.input_shape, num_classes, patch, dim, depth, heads, float(mlp_ratio), float(dropout),
-                     mid_dim=mid_dim, inherit_teacher_weights=inherit_teacher_weights)
+    return build_vit_variant(LinearViT, input_shape, num_classes, patch_size, dim, depth, heads, mlp_ratio, dropout,
+                             mid_dim=mid_dim, inherit_teacher_weights=inherit_teacher_weights)

@@ -49,7 +49,8 @@ from torch import nn
 from ..data.views import PatchMask
 from ..errors import ConfigError, ShapeError
 from ..registry import MODELS
-from .reference import TransformerBlock, ViT, vit
+from .reference import ViT, channels_first, vit
+from .transformer import TransformerBlock
 
 __all__ = ["MaskedAutoencoder", "encoder_state_dict", "mae_vit", "patchify"]
 
@@ -145,16 +146,7 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_dim)
 
     def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
-        enc = self.encoder
-        if enc.dims == 1:
-            if enc.add_channel and x.ndim == 2:
-                return x.unsqueeze(1)
-            if x.ndim == 3:
-                return x
-            raise ShapeError(f"mae_vit expects input [B, L] or [B, C, L]; got {list(x.shape)}.")
-        if x.ndim != 4:
-            raise ShapeError(f"mae_vit expects input [B, C, H, W]; got {list(x.shape)}.")
-        return x
+        return channels_first(x, self.encoder.dims, self.encoder.add_channel, "mae_vit", error=ShapeError)
 
     def encode_visible(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the class token and the visible patches only.
@@ -171,13 +163,9 @@ class MaskedAutoencoder(nn.Module):
         n_visible = self.num_patches - int(counts[0])
         # stable sort puts visible (False) patches first, in their original order
         visible = torch.sort(mask.to(torch.int8), dim=1, stable=True).indices[:, :n_visible]
-        tokens = enc.patch_embed(x) + enc.pos_embed[:, 1:]  # [B, N, dim]
+        tokens = enc.patch_tokens(x)  # [B, N, dim]
         tokens = torch.gather(tokens, 1, visible[..., None].expand(-1, -1, tokens.shape[-1]))
-        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        seq = torch.cat([cls, tokens], dim=1)
-        for block in enc.blocks:
-            seq = block(seq)
-        return enc.norm(seq), visible
+        return enc.encode_patches(tokens), visible
 
     def decode(self, encoded: torch.Tensor, visible: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Predict every patch ``[B, N, P]`` from the encoded visible tokens (mask tokens elsewhere)."""

@@ -19,8 +19,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import MODELS
+from .transformer import Attention, AttentionFactory, FeedForward, PatchEmbed, TransformerBlock
 
-__all__ = ["mlp", "cnn1d", "cnn2d", "resnet", "vit", "MLP", "ConvNet", "ResNet", "ViT"]
+__all__ = ["mlp", "cnn1d", "cnn2d", "resnet", "vit", "MLP", "ConvNet", "ResNet", "ViT", "channels_first", "build_vit_variant",
+           # the transformer parts, defined in .transformer and kept importable from here
+           "Attention", "FeedForward", "PatchEmbed", "TransformerBlock"]
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -90,8 +93,31 @@ def _conv(dims: int, cin: int, cout: int, kernel: int, stride: int = 1, bias: bo
     return conv(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=bias)
 
 
-def _input_error(model: str, expected: str, x: torch.Tensor) -> ConfigError:
-    return ConfigError(f"{model} expects input {expected}; got a tensor of shape {list(x.shape)}.")
+def channels_first(
+    x: torch.Tensor,
+    dims: int,
+    add_channel: bool,
+    model: str,
+    error: type[Exception] = ConfigError,
+    image: str = "[B, C, H, W]",
+) -> torch.Tensor:
+    """A model's input batch with its channel dim: ``[B, C, L]`` (``dims == 1``) or ``[B, C, H, W]``.
+
+    ``[B, L]`` becomes ``[B, 1, L]`` for a model built for single-channel signals
+    (``add_channel``, input_shape ``(L,)``); any other layout raises ``error`` naming ``model``
+    and the expected shapes (``image`` describes the accepted 2D layout).
+    """
+    if dims == 1:
+        if add_channel and x.ndim == 2:
+            return x.unsqueeze(1)
+        if x.ndim == 3:
+            return x
+        expected = "[B, L] or [B, C, L]"
+    elif x.ndim == 4:
+        return x
+    else:
+        expected = image
+    raise error(f"{model} expects input {expected}; got a tensor of shape {list(x.shape)}.")
 
 
 # --------------------------------------------------------------------------------------
@@ -202,21 +228,9 @@ class ConvNet(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(cin, num_classes)
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dims == 1:
-            if self.add_channel and x.ndim == 2:
-                return x.unsqueeze(1)
-            if x.ndim == 3:
-                return x
-            raise _input_error(self.model_name, "[B, L] or [B, C, L]", x)
-        if x.ndim != 4:
-            raise _input_error(
-                self.model_name, "[B, C, H, W] (flat [B, H*W] inputs are not accepted; reshape them or use mlp)", x
-            )
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._prepare(x)
+        x = channels_first(x, self.dims, self.add_channel, self.model_name,
+                           image="[B, C, H, W] (flat [B, H*W] inputs are not accepted; reshape them or use mlp)")
         for block in self.blocks:
             x = block(x)
         return self.head(self.drop(self.pool(x)))
@@ -358,14 +372,7 @@ class ResNet(nn.Module):
         self.head = nn.Linear(c, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dims == 1:
-            if self.add_channel and x.ndim == 2:
-                x = x.unsqueeze(1)
-            elif x.ndim != 3:
-                raise _input_error("resnet", "[B, L] or [B, C, L]", x)
-        elif x.ndim != 4:
-            raise _input_error("resnet", "[B, C, H, W]", x)
-        x = self.stem(x)
+        x = self.stem(channels_first(x, self.dims, self.add_channel, "resnet"))
         for stage in self.stages:
             x = stage(x)
         return self.head(self.pool(x))
@@ -401,75 +408,15 @@ def resnet(
 # --------------------------------------------------------------------------------------
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches to tokens: ``[B, C, L]`` or ``[B, C, H, W]`` -> ``[B, N, dim]``."""
-
-    def __init__(self, dims: int, cin: int, dim: int, patch: tuple[int, ...]) -> None:
-        super().__init__()
-        conv = nn.Conv1d if dims == 1 else nn.Conv2d
-        ks = patch[0] if dims == 1 else patch
-        self.proj = conv(cin, dim, ks, stride=ks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention written out, so the probabilities pass through ``softmax``.
-
-    ``qkv`` (Linear dim -> 3 dim), ``softmax`` (``nn.Softmax(-1)``, output
-    ``[B, heads, N, N]``), ``drop``, ``proj``.
-    """
-
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.softmax = nn.Softmax(dim=-1)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, N, head_dim]
-        attn = self.softmax((q @ k.transpose(-2, -1)) * self.scale)
-        out = self.drop(attn) @ v  # [B, heads, N, head_dim]
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class FeedForward(nn.Module):
-    """``fc1 -> act -> fc2``."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class TransformerBlock(nn.Module):
-    """Pre-norm block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = FeedForward(dim, max(1, int(round(dim * mlp_ratio))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class ViT(nn.Module):
-    """``patch_embed``, class token + positions, ``blocks.i``, ``norm``, ``head`` on the class token."""
+    """``patch_embed``, class token + positions, ``blocks.i``, ``norm``, ``head`` on the class token.
+
+    The blocks are :class:`~distillery.models.transformer.TransformerBlock` s whose attention
+    is built by ``attention`` (default: softmax :class:`~distillery.models.transformer.Attention`).
+    Besides ``forward`` (logits ``[B, num_classes]``) and :meth:`tokens`, the steps are exposed
+    for models that encode a subset of the patches (MAE, token masking): :meth:`patch_tokens`,
+    :meth:`encode_patches`, :meth:`encode`.
+    """
 
     def __init__(
         self,
@@ -482,6 +429,7 @@ class ViT(nn.Module):
         heads: int,
         mlp_ratio: float,
         dropout: float,
+        attention: AttentionFactory = Attention,
     ) -> None:
         super().__init__()
         self.dims = dims
@@ -496,24 +444,32 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio, dropout, attention) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised tokens ``[B, 1 + num_patches, dim]`` (class token first)."""
-        if self.dims == 1:
-            if self.add_channel and x.ndim == 2:
-                x = x.unsqueeze(1)
-            elif x.ndim != 3:
-                raise _input_error("vit", "[B, L] or [B, C, L]", x)
-        elif x.ndim != 4:
-            raise _input_error("vit", "[B, C, H, W]", x)
-        t = self.patch_embed(x)
+        """Normalised tokens ``[B, 1 + num_patches, dim]`` (class token first) of an input batch."""
+        t = self.patch_embed(channels_first(x, self.dims, self.add_channel, "vit"))
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
+        return self.encode(t)
+
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Position-embedded patch tokens ``[B, num_patches, dim]`` of a channels-first batch
+        (``[B, C, L]`` or ``[B, C, H, W]``, see :func:`channels_first`)."""
+        return self.patch_embed(x) + self.pos_embed[:, 1:]
+
+    def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Prepend the (position-embedded) class token to ``patches`` ``[B, M, dim]`` (rows of
+        :meth:`patch_tokens`, any ``M`` of them) and :meth:`encode`: ``[B, 1 + M, dim]``."""
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(patches.shape[0], -1, -1)
+        return self.encode(torch.cat([cls, patches], dim=1))
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        """``blocks`` then ``norm`` on a token sequence ``[B, T, dim]`` -> ``[B, T, dim]``."""
         for block in self.blocks:
-            t = block(t)
-        return self.norm(t)
+            seq = block(seq)
+        return self.norm(seq)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.tokens(x)[:, 0])
@@ -560,3 +516,27 @@ def vit(
     if not 0.0 <= float(dropout) < 1.0:
         raise ConfigError(f"vit: dropout must be in [0, 1), got {dropout}.")
     return ViT(dims, shape, _num_classes(num_classes, "vit"), patch, dim, depth, heads, float(mlp_ratio), float(dropout))
+
+
+def build_vit_variant(
+    cls: type[ViT],
+    input_shape: Sequence[int],
+    num_classes: int,
+    patch_size: int | Sequence[int],
+    dim: int,
+    depth: int,
+    heads: int,
+    mlp_ratio: float,
+    dropout: float,
+    **extra: Any,
+) -> ViT:
+    """A ``cls`` (a :class:`ViT` subclass taking ``extra`` keywords) with ``vit``'s parameters.
+
+    The parameters are validated by building the reference ``vit`` first, which is then
+    discarded. Its initialisation also advances the global random stream: the seeded initial
+    weights of ``linear_vit`` and ``token_masking_vit`` (and the figures reproduced with them)
+    depend on it, so this order must stay.
+    """
+    ref = vit(input_shape, num_classes, patch_size, dim, depth, heads, mlp_ratio, dropout)
+    patch = tuple(int(k) for k in ref.patch_embed.proj.kernel_size)
+    return cls(ref.dims, ref.input_shape, num_classes, patch, dim, depth, heads, float(mlp_ratio), float(dropout), **extra)

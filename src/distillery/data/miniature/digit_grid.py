@@ -20,7 +20,8 @@ import torch
 
 from ...errors import ConfigError
 from ...registry import DATASETS
-from ..datasets import ArrayDataset, DataSplits, _check_count, _check_fraction, digits
+from ..datasets import ArrayDataset, DataSplits, _check_count, _check_fraction
+from ..uci_digits import digits
 
 __all__ = ["CELLS", "GRID_LAYOUT", "box_mask", "digit_grid", "make_grids"]
 

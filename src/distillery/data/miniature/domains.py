@@ -15,7 +15,8 @@ import torch
 
 from ...errors import ConfigError
 from ...registry import DATASETS
-from ..datasets import ArrayDataset, DataSplits, _check_count, mnist1d
+from ..datasets import ArrayDataset, DataSplits, _check_count
+from ..mnist_1d import mnist1d
 
 __all__ = ["SHIFTS", "domain_shift", "mnist1d_shifted"]
 

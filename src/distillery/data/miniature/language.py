@@ -22,7 +22,8 @@ import torch
 
 from ...errors import ConfigError
 from ...registry import DATASETS
-from ..datasets import ArrayDataset, DataSplits, _check_count, digits
+from ..datasets import ArrayDataset, DataSplits, _check_count
+from ..uci_digits import digits
 
 __all__ = [
     "ANSWER_POSITION",

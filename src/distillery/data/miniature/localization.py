@@ -25,7 +25,8 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...registry import DATASETS
-from ..datasets import ArrayDataset, DataSplits, _check_count, digits
+from ..datasets import ArrayDataset, DataSplits, _check_count
+from ..uci_digits import digits
 
 __all__ = ["RING_OFFSETS", "ring_cells", "tile_localization"]
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from ...registry import DATASETS
-from ..datasets import DataSplits, _check_count, _check_fraction, digits
+from ..datasets import DataSplits, _check_count, _check_fraction
+from ..uci_digits import digits
 from ..paired import class_captions, paired_splits
 
 __all__ = ["DOMAINS", "corrupt_digits", "ood_digits", "rotate_images"]

@@ -26,7 +26,8 @@ import torch
 
 from ...errors import ConfigError
 from ...registry import DATASETS
-from ..datasets import ArrayDataset, DataSplits, _check_count, mnist1d
+from ..datasets import ArrayDataset, DataSplits, _check_count
+from ..mnist_1d import mnist1d
 from .domains import domain_shift
 
 __all__ = ["SOURCE_DOMAINS", "mnist1d_source", "source_domain_transform"]

@@ -36,7 +36,7 @@ from torch import nn
 from ... import taps
 from ...errors import ConfigError, ShapeError
 from ...registry import MODELS
-from ..reference import ViT, vit
+from ..reference import ViT, build_vit_variant, channels_first
 
 __all__ = ["SELECT_MODES", "TokenMaskingViT", "token_masking_vit"]
 
@@ -111,18 +111,8 @@ class TokenMaskingViT(ViT):
         return keep.sort(dim=1).values
 
     # -- forward ----------------------------------------------------------------------------
-    def _patches(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dims == 1:
-            if self.add_channel and x.ndim == 2:
-                x = x.unsqueeze(1)
-            elif x.ndim != 3:
-                raise ShapeError(f"token_masking_vit expects [B, L] or [B, C, L], got {list(x.shape)}.")
-        elif x.ndim != 4:
-            raise ShapeError(f"token_masking_vit expects [B, C, H, W], got {list(x.shape)}.")
-        return self.patch_embed(x) + self.pos_embed[:, 1:]  # [B, N, dim]
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        tokens = self._patches(x)
+        tokens = self.patch_tokens(channels_first(x, self.dims, self.add_channel, "token_masking_vit", error=ShapeError))
         b, n, d = tokens.shape
         masking = self.training and torch.is_grad_enabled()
         ratio = self.ratio_at(int(self.mask_step)) if masking else 0.0
@@ -134,11 +124,7 @@ class TokenMaskingViT(ViT):
             keep = torch.arange(n, device=tokens.device).expand(b, n)
         if masking:
             self.mask_step += 1
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
-        t = torch.cat([cls, tokens], dim=1)
-        for block in self.blocks:
-            t = block(t)
-        t = self.norm(t)
+        t = self.encode_patches(tokens)
         return {"logits": self.head(t[:, 0]), "tokens": t, "keep": keep}
 
 
@@ -164,7 +150,5 @@ def token_masking_vit(
     and ``keep`` ``[B, M]``. ``select``: ``random`` or ``scorer`` (least class-token attention of
     a frozen ViT given by ``set_scorer``; only from Python).
     """
-    ref = vit(input_shape, num_classes, patch_size, dim, depth, heads, mlp_ratio, dropout)  # validates
-    patch = tuple(int(k) for k in ref.patch_embed.proj.kernel_size)
-    return TokenMaskingViT(ref.dims, ref.input_shape, num_classes, patch, dim, depth, heads, float(mlp_ratio), float(dropout),
-                           mask_ratios=mask_ratios, milestones=milestones, select=select, scorer_block=scorer_block)
+    return build_vit_variant(TokenMaskingViT, input_shape, num_classes, patch_size, dim, depth, heads, mlp_ratio, dropout,
+                             mask_ratios=mask_ratios, milestones=milestones, select=select, scorer_block=scorer_block)
