@@ -174,6 +174,81 @@ def test_report_of_a_non_run_directory(tmp_path, capsys):
     assert "is not a run directory" in msg
 
 
+def _fake_run(run: Path, teacher: bool) -> Path:
+    """A run directory as 'distillery run' leaves it: metrics, summary and predictions."""
+    import torch
+    from safetensors.torch import save_file
+
+    run.mkdir()
+    g = torch.Generator().manual_seed(0)
+    records = [{"split": "train", "step": s, "epoch": s / 10, "lr": 0.01, "loss": 2.0 / s, "ce": 2.0 / s} for s in range(1, 31)]
+    for epoch in (1, 2, 3):
+        rec = {"split": "eval", "step": 10 * epoch, "epoch": epoch, "accuracy": 0.80 + 0.02 * epoch, "nll": 0.5, "ece": 0.05}
+        if teacher:
+            rec.update(teacher_accuracy=0.9, agreement=0.81 + 0.02 * epoch)
+        records.append(rec)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    final = {k: v for k, v in records[-1].items() if k not in ("split", "step", "epoch")}
+    (run / "summary.json").write_text(json.dumps({"final": final, "steps": 30, "wall_s": 1.0}))
+    preds = {"y": torch.randint(0, 5, (200,), generator=g), "student": 3 * torch.randn(200, 5, generator=g)}
+    if teacher:
+        preds["teacher"] = 3 * torch.randn(200, 5, generator=g)
+    save_file(preds, str(run / "predictions.safetensors"))
+    return run
+
+
+def test_report_sections_follow_what_the_run_has(tmp_path, capsys):
+    # issue 10: a CE-only run's report had a "teacher-student agreement" heading
+    plain = _fake_run(tmp_path / "ce_only", teacher=False)
+    assert main(["report", str(plain)]) == 0
+    report = (plain / "report.md").read_text()
+    assert "agreement" not in report.lower()
+    assert "## Accuracy\n" in report and "## Calibration" in report and "teacher ECE" not in report
+    assert "samples per bin" in report  # the reliability diagram shows its bin counts
+    for png in ("learning_curves.png", "eval_curves.png", "reliability.png"):
+        assert (plain / png).stat().st_size > 0
+    distilled = _fake_run(tmp_path / "kd", teacher=True)
+    assert main(["report", str(distilled)]) == 0
+    report = (distilled / "report.md").read_text()
+    assert "## Accuracy and teacher-student agreement" in report and "teacher ECE" in report
+
+
+def test_report_plots_agreement_apart_on_zoomed_axes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from distillery.engine.logger import read_metrics
+    from distillery.evaluation import report
+
+    run = _fake_run(tmp_path / "kd", teacher=True)
+    records = read_metrics(run)
+    made = []
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        made.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        assert report.plot_eval_curves(records, run / "eval.png") == ["accuracy", "agreement"]
+        report.plot_reliability({k: v for k, v in __import__("safetensors.torch", fromlist=["load_file"])
+                                 .load_file(str(run / "predictions.safetensors")).items()}, run / "rel.png")
+    finally:
+        plt.Figure.savefig = real_savefig
+    acc_ax, agree_ax = made[0].axes
+    # accuracy 0.82..0.86 and teacher 0.9: the axis spans the data, not 0..1
+    assert 0.7 < acc_ax.get_ylim()[0] < 0.82 and 0.9 < acc_ax.get_ylim()[1] < 1.0
+    assert [line.get_marker() for line in acc_ax.lines] == ["o", "s"]
+    assert 0.75 < agree_ax.get_ylim()[0] < 0.83 and agree_ax.get_ylim()[1] < 0.95
+    # reliability: one accuracy panel and one count panel per model
+    assert len(made[1].axes) == 4
+    counts = [int(round(p.get_height())) for p in made[1].axes[2].patches]
+    assert sum(counts) == 200
+
+
 def test_list_names_every_component(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -232,3 +307,38 @@ def test_bad_objective_of_a_teacher_fit_names_its_own_key(tmp_path, capsys):
     cfg = _config(tmp_path, teacher__fit__objectives=[{"kind": "ce", "params": {"label_smoothin": 0.1}}])
     msg = _user_error(capsys, ["run", str(cfg), "--out", str(tmp_path / "run")])
     assert "teacher.fit.objectives.0 (ce).params" in msg and "label_smoothin" in msg
+
+
+def test_run_takes_the_name_of_a_bundled_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the name is looked up in the package
+    assert main(["run", "dkd_digits", "--set", "train.epochs=1", "--set", "teacher.fit.epochs=1",
+                 "--set", "train.tensorboard=false"]) == 0
+    assert "run finished: runs/dkd_digits" in capsys.readouterr().out
+    resolved = yaml.safe_load((tmp_path / "runs" / "dkd_digits" / "config.yaml").read_text())
+    assert resolved["name"] == "dkd_digits" and resolved["objectives"][1]["kind"] == "dkd"
+
+
+def test_an_existing_path_wins_over_a_bundled_name(tmp_path, capsys, monkeypatch):
+    own = _config(tmp_path).rename(tmp_path / "dkd_digits")  # a file named like a bundled config
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "dkd_digits", "--out", "r", "--set", "train.epochs=1"]) == 0
+    resolved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert resolved["student"]["params"]["hidden"] == [32] and own.is_file()  # this file, not the bundled one
+
+
+def test_unknown_config_name_lists_close_matches(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    msg = _user_error(capsys, ["run", "kd_mnist"])
+    assert "'kd_mnist' is neither an existing config file nor the name of a bundled config" in msg
+    assert "kd_mnist1d" in msg and "distillery list" in msg
+    msg = _user_error(capsys, ["run", "configs/kd_mnist1d.yaml"])  # the repository path, typed elsewhere
+    assert "does not exist" in msg and "'distillery run kd_mnist1d'" in msg
+    assert not (tmp_path / "runs").exists()
+
+
+def test_list_shows_the_bundled_configs(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    section = out.split("configs (bundled;")[1]
+    assert "  kd_mnist1d " in section and "recipe hinton_kd" in section
+    assert "  dino_digits " in section and "  cached_kd_mnist1d " in section  # configs without a recipe too

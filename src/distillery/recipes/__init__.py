@@ -1,8 +1,10 @@
 """Recipes: one module per method or paper, each citing its source.
 
 A recipe registers itself in :data:`distillery.registry.RECIPES` with a one-line summary and
-points to a copyable YAML config in ``configs/``. Later issues add the methods of the seed
-papers here; the foundational ones below are expressed entirely by config.
+points to a copyable YAML config in ``configs/``. The configs ship inside the package
+(:mod:`distillery.config.bundled`), so an installed distillery runs them by name
+(``distillery run kd_mnist1d``). Later issues add the methods of the seed papers here; the
+foundational ones below are expressed entirely by config.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config.bundled import CONFIG_DIR
 from ..registry import RECIPES
-
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Recipe:
     summary: str
 
     def config_path(self) -> Path:
+        """The bundled config file (inside the installed package, editable or not)."""
         return CONFIG_DIR / self.config
 
 
