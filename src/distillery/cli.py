@@ -24,6 +24,7 @@ traceback. Other exceptions are bugs and keep theirs.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import textwrap
 from pathlib import Path
@@ -199,6 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT}
+
+
+def _os_error_message(exc: OSError) -> str:
+    """One paragraph for a file-system error met while running a command (a full disk, a
+    read-only or forbidden folder, a file where a folder belongs)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    advice = {
+        errno.ENOSPC: "The disk is full. Free some space; a run can be continued with --resume from its last checkpoint, which is kept.",
+        errno.EDQUOT: "The disk quota is exhausted. Free some space; a run can be continued with --resume from its last checkpoint, which is kept.",
+        errno.ENOTDIR: "A path that must be a folder is a file: check --out and the paths in the config.",
+        errno.EISDIR: "A path that must be a file is a folder: check the paths given.",
+    }.get(exc.errno, "Check the path and its permissions.")
+    return f"{exc.strerror or exc}{where}. {advice}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -211,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(textwrap.fill(f"error: {message}", width=100), file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRORS:
+            raise
+        print(textwrap.fill(f"error: {_os_error_message(exc)}", width=100), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; a run can be continued with --resume from its last checkpoint", file=sys.stderr)
         return 130
