@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # never imported: typing.get_type_hints cannot resolve annotations using it
+    from no_such_typing_pkg import Options
 
 
 class TinyNet(nn.Module):
@@ -38,3 +42,18 @@ def not_a_module(input_shape, num_classes):
 
 
 NOT_CALLABLE = 3
+
+
+def annotated_net(width: int = 4) -> nn.Sequential:
+    """A factory annotated (as a string, under future annotations) with an nn.Module subclass."""
+    return nn.Sequential(nn.Linear(3, width))
+
+
+def lying_net(width: int = 4) -> nn.Module:
+    """Annotated as returning a module, returns something else: caught after the call."""
+    return width
+
+
+def typed_net(options: Options | None = None, width: int = 4) -> nn.Module:
+    """Annotated with a name only a type checker sees: the return annotation is still read."""
+    return nn.Linear(3, width)

@@ -158,6 +158,38 @@ def test_changed_teacher_weights_are_refused(workdir, dense_cache, tmp_path):
         run(parse_config(raw), tmp_path / "r2", report=False)
 
 
+def _fitted_raw(workdir: Path, cache: Path, **fit) -> dict:
+    """A cached run whose source teacher has no checkpoint: it is fitted as ``fit`` says."""
+    fit = {"epochs": 1, "optimizer": {"name": "adamw", "lr": 0.01}, "progress": False, "tensorboard": False, **fit}
+    raw = _cached_raw(workdir, cache)
+    raw["teacher"]["source"] = {"kind": "frozen", "model": dict(TEACHER), "fit": fit}
+    return raw
+
+
+def test_a_teacher_fitted_with_another_fit_section_is_refused(workdir, dense_cache, tmp_path):
+    # issue 10: a teacher of the same architecture trained with a different source.fit (no
+    # checkpoint) was not detected as stale
+    cache = tmp_path / "fitted"
+    build_cache_from_config(parse_config(_fitted_raw(workdir, cache)))
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["teacher"]["fitted"] and manifest["teacher"]["fit"]["epochs"] == 1
+    assert "progress" not in manifest["teacher"]["fit"]  # bookkeeping is not what trained it
+    with pytest.raises(CacheMismatchError, match=r"another teacher.source.fit .*epochs: 1 in the cache, 3 in the config; "
+                                                 r"optimizer.lr: 0.01 in the cache, 0.02 in the config.*--overwrite"):
+        run(parse_config(_fitted_raw(workdir, cache, epochs=3, optimizer={"name": "adamw", "lr": 0.02})), tmp_path / "r1", report=False)
+    # the same fit (logging differs, and another seed): accepted
+    raw = _fitted_raw(workdir, cache, log_every=5)
+    raw["seed"] = 1
+    assert run(parse_config(raw), tmp_path / "r2", report=False)["complete"]
+    # a cache computed from a checkpoint, for a source that would train its teacher: refused
+    with pytest.raises(CacheMismatchError, match=r"loaded from .*teacher.safetensors, but teacher.source has no model.checkpoint"):
+        run(parse_config(_fitted_raw(workdir, dense_cache)), tmp_path / "r3", report=False)
+    # a cache that records no fit (older build): a warning says it was not compared
+    _edit_manifest(cache, lambda m: m["teacher"].pop("fit"))
+    with pytest.warns(CacheCheckWarning, match="does not record what trained its teacher"):
+        run(parse_config(_fitted_raw(workdir, cache)), tmp_path / "r4", report=False)
+
+
 def test_without_a_source_only_the_dataset_is_checked_and_a_warning_says_so(workdir, dense_cache, tmp_path):
     raw = _raw(workdir, teacher={"kind": "cached", "path": str(dense_cache)})
     with pytest.warns(CacheCheckWarning, match="cannot be checked against a teacher"):
@@ -192,6 +224,53 @@ def test_truncated_or_missing_files_are_refused(dense_cache, tmp_path, damage):
     for verify in ("full", "size"):
         with pytest.raises(error, match=pattern):
             CachedTeacher(cache, verify=verify)
+
+
+def _edit_manifest(cache: Path, edit) -> None:
+    manifest = json.loads((cache / "manifest.json").read_text())
+    edit(manifest)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda m: m.pop("signals"), r"the key 'signals' is missing"),
+    (lambda m: m.update(shards="x"), r"the key 'shards' is the str \"x\", expected a list of shards"),
+    (lambda m: m.update(num_samples="1347"), r"the key 'num_samples' is the str \"1347\", expected a positive integer"),
+    (lambda m: m["shards"][1]["files"]["logits"].update(bytes=None), r"the key 'shards\[1\].files.logits.bytes' is null"),
+    (lambda m: m["shards"][0]["files"]["logits"].update(path="../../elsewhere.npy"), r"the key 'shards\[0\].files.logits.path' is the str.*relative path inside"),
+    (lambda m: m["signals"]["logits"].update(dtype="object"), r"the key 'signals.logits.dtype' is the str \"object\", expected one of float16"),
+    (lambda m: m["shards"].pop(), r"the key 'shards' lists 2 shards, but num_shards is 3"),
+    (lambda m: m.update(teacher=[]), r"the key 'teacher' is a list, expected an object"),
+    (lambda m: m.update(topk={"k": 3}), r"the key 'topk.temperature' is missing"),
+])
+def test_a_malformed_manifest_is_one_message_naming_the_key(dense_cache, tmp_path, capsys, edit, pattern):
+    # issue 10: a manifest without 'signals', or with shards: "x", gave a raw traceback
+    cache = _copy(dense_cache, tmp_path / "c")
+    _edit_manifest(cache, edit)
+    with pytest.raises(CacheCorruptError, match=r"manifest.json is malformed: " + pattern + r".*rebuild it with: distillery cache build"):
+        CachedTeacher(cache)
+    assert main(["cache", "verify", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and "malformed" in err
+
+
+def test_the_rebuild_hint_names_where_the_cache_is_now(dense_cache, tmp_path):
+    # issue 10: the hint named the path the cache was built at, not where it is now
+    built_at = tmp_path / "built-here"
+    moved = _copy(dense_cache, tmp_path / "moved")
+    _edit_manifest(moved, lambda m: m["build"].update(argv=["cache", "build", "cfg.yaml", "--out", str(built_at), "--views", "1"]))
+    shard = moved / "shards" / "00000" / "logits.npy"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CacheCorruptError) as info:
+        CachedTeacher(moved)
+    msg = str(info.value)
+    assert f"distillery cache build cfg.yaml --out {moved} --views 1 --overwrite" in msg
+    assert str(built_at) not in msg
+    from distillery.cache.store import rebuild_hint
+
+    assert rebuild_hint("new dir", {"build": {"argv": ["cache", "build", "c.yaml", "--out=old"]}}) == (
+        "distillery cache build c.yaml '--out=new dir' --overwrite")
+    assert rebuild_hint("d", {"build": {"argv": ["cache", "build", "c.yaml"]}}) == "distillery cache build c.yaml --out d --overwrite"
 
 
 def test_a_missing_sample_index_is_refused(dense_cache):

@@ -157,3 +157,32 @@ def test_unknown_registered_name():
         build_model("resnt", (4,), 2)
     with pytest.raises(ConfigError, match=r"'hiden'.*did you mean 'hidden'.*Accepted parameters: hidden, dropout, activation"):
         build_model("mlp", (4,), 2, hiden=(3,))
+
+
+def test_import_path_never_calls_what_is_not_a_model(tmp_path, helpers_path):
+    # issue 10: 'os:system' ran its command before failing; the attribute is now resolved,
+    # checked, and refused without being called.
+    marker = tmp_path / "pwned"
+    with pytest.raises(ConfigError, match=r"'os:system'.*not a torch\.nn\.Module subclass.*Accepted: an nn\.Module subclass"):
+        build_model("os:system", (4,), 2, command=f"touch {marker}")
+    assert not marker.exists()
+    with pytest.raises(ConfigError, match=r"'torch:zeros' names the builtin function .*zeros.*not called"):
+        build_model("torch:zeros", (4,), 2)
+    with pytest.raises(ConfigError, match=r"'helpers_models:not_a_module'.*return annotation: none"):
+        build_model("helpers_models:not_a_module", (4,), 2)
+    with pytest.raises(ConfigError, match=r"'math:prod'"):
+        build_model("math:prod", (4,), 2)
+
+
+def test_import_path_accepts_annotated_and_registered_factories(helpers_path):
+    # string annotations (from __future__ import annotations) resolve to nn.Sequential
+    assert isinstance(build_model("helpers_models:annotated_net", (3,), 2, width=5), nn.Sequential)
+    # get_type_hints fails (a TYPE_CHECKING-only name): the return annotation is looked up alone
+    assert isinstance(build_model("helpers_models:typed_net", (3,), 2, width=5), nn.Linear)
+    # a registered factory, reached by its import path
+    assert isinstance(build_model("distillery.models.reference:mlp", (4,), 2), nn.Module)
+    # torch's own classes are nn.Module subclasses
+    assert isinstance(build_model("torch.nn:Linear", (4,), 2, in_features=4, out_features=2), nn.Linear)
+    # an annotation that lies is still caught after the call
+    with pytest.raises(ConfigError, match="returned a int, not a torch.nn.Module"):
+        build_model("helpers_models:lying_net", (4,), 2)

@@ -282,3 +282,141 @@ def test_input_tap_of_a_module_called_with_keywords_only():
     sig = run_tapped(Outer(), x, ["inner:input", "inner"])
     torch.testing.assert_close(sig["inner:input"], x + 1)
     torch.testing.assert_close(sig["inner"], (x + 1) * 2)
+
+
+# --------------------------------------------------------------------------------------
+# issue 10: modules returning dicts or tuples, and modules called several times
+# --------------------------------------------------------------------------------------
+
+
+class FeatHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+
+    def forward(self, h):
+        return {"feat": h * 2.0, "logits": self.proj(h)}
+
+
+class PairHead(nn.Module):
+    def forward(self, h):
+        return h + 1.0, h - 1.0
+
+
+class HeadNet(nn.Module):
+    """Body, a head returning a dict, a head returning a tuple, and a layer used three times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.shared = nn.Linear(4, 4)
+        self.head = FeatHead()
+        self.pair = PairHead()
+
+    def forward(self, x):
+        h = self.body(x)
+        for _ in range(3):
+            h = self.shared(h) * 0.5
+        a, _ = self.pair(h)
+        return self.head(a)["logits"]
+
+
+def test_dict_output_needs_a_key_and_the_error_lists_the_keys():
+    torch.manual_seed(0)
+    net = HeadNet()
+    with pytest.raises(TapError, match=r"'head'.*dict with the keys 'feat', 'logits'.*'head\[feat\]'"):
+        taps.run_tapped(net, torch.randn(2, 4), ["head"], owner="student")
+    assert all_hooks(net) == 0
+
+
+def test_key_and_index_selectors():
+    torch.manual_seed(0)
+    net = HeadNet()
+    x = torch.randn(2, 4)
+    out = taps.run_tapped(net, x, ["head[feat]", "head[logits]", "pair[1]", "pair[-2]", "pair", "head:input"])
+    h = net.body(x)
+    for _ in range(3):
+        h = net.shared(h) * 0.5
+    torch.testing.assert_close(out["head[feat]"], (h + 1.0) * 2.0)
+    torch.testing.assert_close(out["head[logits]"], out["logits"])
+    torch.testing.assert_close(out["pair[1]"], h - 1.0)
+    torch.testing.assert_close(out["pair[-2]"], h + 1.0)
+    torch.testing.assert_close(out["pair"], h + 1.0)  # a tuple without a key: its first element
+    torch.testing.assert_close(out["head:input"], h + 1.0)
+
+
+def test_bad_selectors_are_tap_errors():
+    net = HeadNet()
+    x = torch.randn(2, 4)
+    with pytest.raises(TapError, match=r"dict without the key 'emb'; its keys: 'feat', 'logits'"):
+        taps.run_tapped(net, x, ["head[emb]"])
+    with pytest.raises(TapError, match=r"tuple of 2 items; pick one with an index from 0 to 1"):
+        taps.run_tapped(net, x, ["pair[2]"])
+    with pytest.raises(TapError, match=r"is a Tensor, which has no item \[0\]"):
+        taps.run_tapped(net, x, ["body[0]"])
+    with pytest.raises(TapError, match="No module 'heda'"):
+        taps.run_tapped(net, x, ["heda[feat]"])
+    assert all_hooks(net) == 0
+
+
+def test_module_called_several_times_warns_once_and_calls_can_be_picked(recwarn):
+    torch.manual_seed(0)
+    net = HeadNet()
+    x = torch.randn(2, 4)
+    hs = [net.body(x)]
+    for _ in range(3):
+        hs.append(net.shared(hs[-1]) * 0.5)
+    calls = [net.shared(h) for h in hs[:3]]  # the outputs of the three calls of 'shared'
+
+    with pytest.warns(UserWarning, match=r"module 'shared' ran 3 times in one forward.*'shared#0'"):
+        out = taps.run_tapped(net, x, ["shared"], owner="teacher")
+    torch.testing.assert_close(out["shared"], calls[2])  # the last call, as before
+    recwarn.clear()
+    taps.run_tapped(net, x, ["shared"], owner="teacher")  # once: no second warning
+    assert not [w for w in recwarn if "ran 3 times" in str(w.message)]
+
+    out = taps.run_tapped(net, x, ["shared#0", "shared#1", "shared#2", "shared#-1", "shared#-3", "shared#1:input"])
+    assert not [w for w in recwarn if "ran 3 times" in str(w.message)]  # picking a call: no warning
+    for i in range(3):
+        torch.testing.assert_close(out[f"shared#{i}"], calls[i])
+    torch.testing.assert_close(out["shared#-1"], calls[2])
+    torch.testing.assert_close(out["shared#-3"], calls[0])
+    torch.testing.assert_close(out["shared#1:input"], hs[1])
+    # calls are counted per forward: a second forward in the same capture starts again at 0
+    with taps.capture(net, ["shared#0"]) as signals:
+        net(x)
+        net(x * 0)
+    torch.testing.assert_close(signals["shared#0"], net.shared(net.body(x * 0)))
+    with pytest.raises(TapError, match=r"asks for call 3 of module 'shared', which ran 3 times"):
+        taps.run_tapped(net, x, ["shared#3"])
+    with pytest.raises(TapError, match=r"asks for call -4"):
+        taps.run_tapped(net, x, ["shared#-4"])
+    assert all_hooks(net) == 0 and all(len(m._forward_pre_hooks) == 0 for m in net.modules())
+
+
+def test_parse_address():
+    assert taps.parse_address("blocks.0#1:input[feat][0]") == taps.Address("blocks.0", True, 1, ("feat", "0"))
+    assert taps.parse_address("head[feat]") == taps.Address("head", False, None, ("feat",))
+    assert taps.parse_address("logits@topk_values") == taps.Address("logits@topk_values")
+    assert taps.split_address("blocks.0#-1:input") == ("blocks.0", True)
+    assert taps.format_address(taps.parse_address("a.b:input[k]"), call=2) == "a.b#2:input[k]"
+
+
+def test_distiller_reads_a_key_of_a_dict_output_by_reference():
+    from distillery.engine.distiller import Distiller, Term
+    from distillery.objectives import FeatureMSE
+    from distillery.teachers import FrozenTeacher
+
+    torch.manual_seed(0)
+    student, teacher = HeadNet(), HeadNet()
+    term = Term("hint", FeatureMSE(), inputs={"student": "student.head[feat]", "teacher": "teacher.head[feat]"})
+    d = Distiller(student, FrozenTeacher(teacher), [term])
+    x = torch.randn(3, 4)
+    batch = {"x": x, "y": torch.zeros(3, dtype=torch.long), "index": torch.arange(3)}
+    d.prepare(batch)
+    got = d.step(batch)["hint"]
+    s = taps.run_tapped(student, x, ["head[feat]"])["head[feat]"]
+    t = taps.run_tapped(teacher, x, ["head[feat]"])["head[feat]"]
+    torch.testing.assert_close(got, ((s - t) ** 2).mean())
+    with pytest.raises(TapError, match=r"No module 'heda'"):
+        Distiller(student, FrozenTeacher(teacher), [Term("h", FeatureMSE(), inputs={"student": "student.heda[feat]", "teacher": "teacher.head[feat]"})])

@@ -8,7 +8,11 @@
   student's) must be the one the cache was built with;
 * **teacher**: when the config names the teacher (``teacher.source``), its model name,
   parameters and ``until`` must match, and with a ``model.checkpoint`` the fingerprint of
-  those weights must equal the cache's. Without ``teacher.source`` the teacher cannot be
+  those weights must equal the cache's. Without a checkpoint the teacher would be trained by
+  ``teacher.source.fit``, so what trained the cache's teacher must be that: a teacher the
+  build fitted with the same fit section (the manifest's ``teacher.fit``, keys that only
+  log or checkpoint left out; the seed is not compared, so runs of several seeds share one
+  cache), not one loaded from a checkpoint. Without ``teacher.source`` the teacher cannot be
   checked against the config: a warning says so, and only the dataset is checked;
 * **signals**: every teacher signal the objectives read must be in the cache, and the
   temperature of each ``kd_topk`` term must be the cache's.
@@ -31,7 +35,7 @@ from .builder import (
     teacher_fingerprint,
     teacher_input_spec,
 )
-from .store import CacheMismatchError, _quote
+from .store import CacheMismatchError, _quote, fit_description
 
 
 class CacheCheckWarning(UserWarning):
@@ -40,7 +44,7 @@ class CacheCheckWarning(UserWarning):
 
 def _rebuild(path: Path, hint: str | None) -> str:
     text = f"rebuild it for this config with 'distillery cache build CONFIG --out {_quote(str(path))} --overwrite'"
-    return text + (f" (it was built by '{hint}')" if hint else "")
+    return text + (f" (the command it was built with, for where it is now: '{hint}')" if hint else "")
 
 
 def check_signal_names(wanted: Sequence[str], held: Sequence[str], topk: bool, path: Path, hint: str | None) -> None:
@@ -64,6 +68,57 @@ def check_signal_names(wanted: Sequence[str], held: Sequence[str], topk: bool, p
         f"{['teacher.' + n for n in missing]}. A cache stores the teacher signals the objectives of the config it "
         f"was built from read; {_rebuild(path, hint)}."
     )
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}`` (lists kept whole)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def fit_differences(cached: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The keys of two fit descriptions (:func:`~distillery.cache.store.fit_description`)
+    whose values differ, as ``"optimizer.lr: 0.01 in the cache, 0.003 in the config"``."""
+    a, b = _flat(cached), _flat(wanted)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if json.dumps(a.get(key), sort_keys=True) != json.dumps(b.get(key), sort_keys=True):
+            out.append(f"{key}: {json.dumps(a.get(key))} in the cache, {json.dumps(b.get(key))} in the config")
+    return out
+
+
+def _check_fit(source: Any, info: dict[str, Any], path: Path, hint: str | None) -> None:
+    """``teacher.source`` has no checkpoint: its teacher would be trained by ``source.fit``;
+    the cache's teacher must have been trained by the same fit section."""
+    wanted = fit_description(source.fit)
+    if info.get("fitted") is False:
+        raise CacheMismatchError(
+            f"The teacher-output cache {path} was computed by a teacher loaded from {info.get('checkpoint')}, but "
+            f"teacher.source has no model.checkpoint and would train its teacher (teacher.source.fit), so the cache "
+            f"may not hold that teacher's outputs. Set teacher.source.model.checkpoint to the weights the cache was "
+            f"built with ({path / str(info.get('weights') or 'teacher.safetensors')}), or {_rebuild(path, hint)}."
+        )
+    cached = info.get("fit")
+    if not isinstance(cached, dict):
+        warnings.warn(
+            f"teacher.path {path}: the cache does not record what trained its teacher (built before distillery "
+            "stored teacher.fit in the manifest, or by build_cache), so teacher.source.fit cannot be compared; "
+            "only the teacher's model, the dataset and the teacher's input were checked.",
+            CacheCheckWarning,
+            stacklevel=3,
+        )
+        return
+    changed = fit_differences(cached, wanted or {})
+    if changed:
+        raise CacheMismatchError(
+            f"The teacher-output cache {path} was computed by a teacher trained with another teacher.source.fit "
+            f"than this config's ({'; '.join(changed)}), so it holds the outputs of another teacher (no "
+            f"checkpoint pins the weights). The run is refused; {_rebuild(path, hint)}."
+        )
 
 
 def _data_text(info: dict[str, Any]) -> str:
@@ -128,6 +183,8 @@ def check_cached_run(
                     f"but the weights in {source.model.checkpoint} (teacher.source.model.checkpoint) have fingerprint "
                     f"{found}: the teacher changed since the cache was built. The run is refused; {_rebuild(path, hint)}."
                 )
+        else:
+            _check_fit(source, info, path, hint)
     else:
         warnings.warn(
             f"teacher.path {path}: the config has no teacher.source, so the cached outputs cannot be checked "
@@ -153,4 +210,4 @@ def check_cached_run(
     return teacher.student_view()
 
 
-__all__ = ["CacheCheckWarning", "check_cached_run", "check_signal_names"]
+__all__ = ["CacheCheckWarning", "check_cached_run", "check_signal_names", "fit_differences"]

@@ -23,9 +23,13 @@ outside the kept classes at the cache temperature).
 
 ``manifest.json`` records the format version, the number of samples, views and shards,
 each signal's dtype and per-entry shape, the top-k ``k`` and temperature, the teacher
-fingerprint (sha256 of its state_dict bytes and model config), the dataset fingerprint
+fingerprint (sha256 of its state_dict bytes and model config), what trained the teacher when
+the build fitted it (``teacher.fit``, see :func:`fit_description`), the sha256 of the stored
+teacher weights, the dataset fingerprint
 (:meth:`~distillery.data.ArrayDataset.fingerprint` of the exact training set), the teacher's
-input (view transforms, seed) and, per shard and file, its byte size and sha256.
+input (view transforms, seed) and, per shard and file, its byte size and sha256. Its
+structure and types are checked on read (:func:`check_manifest`): a missing key or a value
+of the wrong type is one :class:`CacheCorruptError` naming the key.
 
 Sharding by contiguous index range does not depend on the number of processes that read
 the cache. Under DDP every rank memory-maps all shards (pages are loaded on demand and
@@ -47,7 +51,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +67,7 @@ TEACHER_WEIGHTS = "teacher.safetensors"
 DTYPES = ("float16", "float32", "int16", "int32", "int64")
 
 __all__ = [
+    "FIT_BOOKKEEPING",
     "CacheCorruptError",
     "CacheError",
     "CacheIndexError",
@@ -70,6 +75,8 @@ __all__ = [
     "CacheNotFoundError",
     "CacheReader",
     "CacheWriter",
+    "check_manifest",
+    "fit_description",
     "rebuild_hint",
     "sha256_file",
 ]
@@ -101,14 +108,31 @@ class CacheIndexError(CacheError):
 
 
 def rebuild_hint(path: Path | str, manifest: Mapping[str, Any] | None = None) -> str:
-    """``distillery cache build ... --overwrite``: the command that rebuilds the cache at ``path``."""
-    recorded = ((manifest or {}).get("build") or {}).get("argv")
-    if recorded:
-        argv = list(recorded)
+    """``distillery cache build ... --overwrite``: the command that rebuilds the cache at ``path``.
+
+    The command the cache was built with (``build.argv`` of its manifest) when recorded, with
+    its ``--out`` set to ``path``, where the cache is now (it may have been moved or copied
+    since the build); otherwise a template with ``CONFIG``.
+    """
+    build = (manifest or {}).get("build") if isinstance(manifest, Mapping) else None
+    recorded = build.get("argv") if isinstance(build, Mapping) else None
+    if isinstance(recorded, list) and recorded and all(isinstance(a, str) for a in recorded):
+        argv = _with_out(list(recorded), str(path))
         if "--overwrite" not in argv:
             argv.append("--overwrite")
         return "distillery " + " ".join(_quote(a) for a in argv)
     return f"distillery cache build CONFIG --out {_quote(str(path))} --overwrite"
+
+
+def _with_out(argv: list[str], out: str) -> list[str]:
+    """``argv`` with its ``--out`` value (``--out DIR`` or ``--out=DIR``) replaced by ``out``,
+    or ``--out out`` appended when it has none."""
+    for i, arg in enumerate(argv):
+        if arg == "--out" and i + 1 < len(argv):
+            return argv[: i + 1] + [out] + argv[i + 2 :]
+        if arg.startswith("--out="):
+            return argv[:i] + [f"--out={out}"] + argv[i + 1 :]
+    return argv + ["--out", out]
 
 
 def _quote(arg: str) -> str:
@@ -129,6 +153,28 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+FIT_BOOKKEEPING = (
+    "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "device", "progress", "tensorboard",
+    "distributed", "find_unused_parameters",
+)
+"""Keys of a ``fit`` section that do not change the trained teacher (logging, checkpointing,
+where it runs); :func:`fit_description` leaves them out."""
+
+
+def fit_description(fit: Any) -> dict[str, Any] | None:
+    """What trained a teacher that a cache build fitted: its ``fit`` section as plain JSON
+    (epochs, optimizer, scheduler, objectives, data, ...), without :data:`FIT_BOOKKEEPING`.
+
+    Stored as ``teacher.fit`` in the manifest; a run on the cache compares it with its
+    ``teacher.source.fit``, since without a checkpoint the weights themselves cannot be
+    compared before they are trained. ``None`` for ``fit=None``.
+    """
+    if fit is None:
+        return None
+    data = fit.model_dump(mode="json") if hasattr(fit, "model_dump") else dict(fit)
+    return {k: v for k, v in data.items() if k not in FIT_BOOKKEEPING}
 
 
 def file_stem(name: str, taken: set[str]) -> str:
@@ -437,4 +483,149 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"The teacher-output cache {path} has format version {manifest.get('version')}, but this "
             f"distillery reads version {VERSION}. Rebuild it with: {rebuild_hint(path, manifest)}"
         )
+    check_manifest(manifest, path)
     return manifest
+
+
+# --------------------------------------------------------------------------------------
+# the manifest's structure
+# --------------------------------------------------------------------------------------
+
+
+class _Malformed(Exception):
+    def __init__(self, key: str, what: str) -> None:
+        super().__init__(key, what)
+        self.key, self.what = key, what
+
+
+def _got(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (str, int, float, bool)):
+        text = json.dumps(value)
+        return f"the {type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+    return f"a {type(value).__name__}"
+
+
+def _need(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        missing = value is _MISSING
+        raise _Malformed(key, "is missing" if missing else f"is {_got(value)}, expected {expected}")
+
+
+_MISSING = object()
+
+
+def _int(v: Any, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _get(m: Mapping[str, Any], key: str) -> Any:
+    return m.get(key, _MISSING)
+
+
+def _mapping(m: Mapping[str, Any], key: str, where: str, required: bool = True) -> Mapping[str, Any]:
+    v = _get(m, key)
+    if v is _MISSING and not required:
+        return {}
+    _need(isinstance(v, Mapping), f"{where}{key}", v, "an object")
+    return v
+
+
+def _field(m: Mapping[str, Any], key: str, where: str, ok: Callable[[Any], bool], expected: str, required: bool = True) -> Any:
+    v = _get(m, key)
+    if v is _MISSING and not required:
+        return None
+    _need(v is not _MISSING and ok(v), f"{where}{key}", v, expected)
+    return v
+
+
+def _opt_str(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _relative_file(v: Any) -> bool:
+    if not isinstance(v, str) or not v:
+        return False
+    parts = Path(v).parts
+    return not Path(v).is_absolute() and ".." not in parts
+
+
+def _check_manifest(m: Mapping[str, Any]) -> None:
+    _field(m, "num_samples", "", lambda v: _int(v, 1), "a positive integer")
+    _field(m, "views", "", lambda v: _int(v, 1), "a positive integer")
+    _field(m, "shard_size", "", lambda v: _int(v, 1), "a positive integer")
+    num_shards = _field(m, "num_shards", "", lambda v: _int(v, 1), "a positive integer")
+    signals = _mapping(m, "signals", "")
+    if not signals:
+        raise _Malformed("signals", "is empty, expected at least one signal")
+    for name, spec in signals.items():
+        where = f"signals.{name}."
+        _need(isinstance(spec, Mapping), where[:-1], spec, "an object with file, dtype and shape")
+        _field(spec, "file", where, lambda v: isinstance(v, str) and v != "", "a file name")
+        _field(spec, "dtype", where, lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}")
+        _field(spec, "shape", where, lambda v: isinstance(v, list) and all(_int(s) for s in v), "a list of non-negative integers")
+    shards = _field(m, "shards", "", lambda v: isinstance(v, list), "a list of shards (one object per shard)")
+    if len(shards) != num_shards:
+        raise _Malformed("shards", f"lists {len(shards)} shards, but num_shards is {num_shards}")
+    for j, shard in enumerate(shards):
+        where = f"shards[{j}]"
+        _need(isinstance(shard, Mapping), where, shard, "an object with start, stop and files")
+        _field(shard, "start", where + ".", lambda v: _int(v), "a non-negative integer")
+        _field(shard, "stop", where + ".", lambda v: _int(v), "a non-negative integer")
+        files = _mapping(shard, "files", where + ".")
+        for name, entry in files.items():
+            at = f"{where}.files.{name}"
+            _need(isinstance(entry, Mapping), at, entry, "an object with path, bytes and sha256")
+            _field(entry, "path", at + ".", _relative_file, "a relative path inside the cache")
+            _field(entry, "bytes", at + ".", lambda v: _int(v), "a non-negative integer")
+            _field(entry, "sha256", at + ".", lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+                   "64 hexadecimal digits")
+    topk = _get(m, "topk")
+    if topk is not _MISSING and topk is not None:
+        _need(isinstance(topk, Mapping), "topk", topk, "null or an object with k, temperature and num_classes")
+        _field(topk, "k", "topk.", lambda v: _int(v, 1), "a positive integer")
+        _field(topk, "temperature", "topk.", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+               "a positive number")
+        _field(topk, "num_classes", "topk.", lambda v: _int(v), "a non-negative integer", required=False)
+    teacher = _mapping(m, "teacher", "")
+    _field(teacher, "fingerprint", "teacher.", lambda v: isinstance(v, str), "a string", required=False)
+    _field(teacher, "until", "teacher.", _opt_str, "null or a module path", required=False)
+    model = _mapping(teacher, "model", "teacher.", required=False)
+    _field(model, "name", "teacher.model.", _opt_str, "null or a model name", required=False)
+    _mapping(model, "params", "teacher.model.", required=False)
+    _field(teacher, "weights", "teacher.", _relative_file, "a relative path inside the cache", required=False)
+    _field(teacher, "weights_sha256", "teacher.", lambda v: isinstance(v, str), "a string", required=False)
+    _field(teacher, "input_shape", "teacher.", lambda v: isinstance(v, list) and all(_int(s, 1) for s in v),
+           "a list of positive integers", required=False)
+    _field(teacher, "num_classes", "teacher.", lambda v: _int(v, 1), "a positive integer", required=False)
+    _field(teacher, "fitted", "teacher.", lambda v: isinstance(v, bool), "true or false", required=False)
+    _field(teacher, "fit", "teacher.", lambda v: v is None or isinstance(v, Mapping), "null or an object", required=False)
+    dataset = _mapping(m, "dataset", "", required=False)
+    _field(dataset, "fingerprint", "dataset.", lambda v: isinstance(v, str), "a string", required=False)
+    _field(dataset, "num_samples", "dataset.", lambda v: _int(v), "a non-negative integer", required=False)
+    spec = _mapping(m, "input", "", required=False)
+    _field(spec, "key", "input.", lambda v: isinstance(v, str), "a batch field name", required=False)
+    _field(spec, "transforms", "input.", lambda v: isinstance(v, list), "a list of view specs", required=False)
+    _field(spec, "tied_to_student", "input.", lambda v: isinstance(v, bool), "true or false", required=False)
+    _field(spec, "seed", "input.", lambda v: _int(v), "a non-negative integer", required=False)
+    build = _mapping(m, "build", "", required=False)
+    _field(build, "argv", "build.", lambda v: v is None or (isinstance(v, list) and all(isinstance(a, str) for a in v)),
+           "null or a list of strings", required=False)
+
+
+def check_manifest(manifest: Mapping[str, Any], path: Path | str) -> None:
+    """Check the structure and types of a manifest (version :data:`VERSION`), so that a
+    hand-edited or damaged one is one :class:`CacheCorruptError` naming the key, not a
+    traceback: the counts and sizes are non-negative integers, ``signals`` maps names to
+    ``{file, dtype, shape}``, ``shards`` is a list of ``{start, stop, files}`` with, per file,
+    a relative ``path``, its ``bytes`` and ``sha256``; ``teacher``, ``dataset``, ``input``,
+    ``build`` and ``topk`` have the types a build writes. Whether shards cover the samples in
+    order, and the files themselves, are checked by :class:`CacheReader`."""
+    try:
+        _check_manifest(manifest)
+    except _Malformed as bad:
+        raise CacheCorruptError(
+            f"The teacher-output cache {path} cannot be used: its {MANIFEST} is malformed: the key {bad.key!r} "
+            f"{bad.what}. Nothing was read; rebuild it with: {rebuild_hint(path, manifest)}"
+        ) from None

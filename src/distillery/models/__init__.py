@@ -3,12 +3,21 @@
 ``build_model(spec, input_shape, num_classes, **params)`` builds a registered model by
 name (``"mlp"``, ``"cnn1d"``, ``"cnn2d"``, ``"resnet"``, ``"vit"``) or any ``nn.Module``
 class or factory function given as an import path ``"package.module:Name"``.
+
+An import path loads user code (importing the module runs it), as ``trust_remote_code`` does
+in transformers: use only paths to code you trust. The named attribute itself is called only
+when it is an ``nn.Module`` subclass, a registered model factory, or a function whose return
+annotation is ``nn.Module`` or a subclass; anything else (``os:system``, ``torch:zeros``) is
+refused with a :class:`~distillery.errors.ConfigError` before it is called.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+import types
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +62,92 @@ def _import_object(spec: str) -> Any:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(f"Model {spec!r} is a {type(obj).__name__}, not a class or factory function.")
+    if not _builds_a_module(obj):
+        raise ConfigError(
+            f"Model {spec!r} names {_describe(obj)}, which is not a torch.nn.Module subclass; it is "
+            "not called. Accepted: an nn.Module subclass, a registered model factory, or a function "
+            "annotated as returning nn.Module or a subclass (e.g. 'def net(...) -> nn.Module'). "
+            "Note that an import path loads user code: use only modules you trust."
+        )
     return obj
+
+
+def _describe(obj: Any) -> str:
+    """What ``obj`` is, in words, for the refusal message."""
+    module = getattr(obj, "__module__", None) or "?"
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__
+    if inspect.isclass(obj):
+        return f"the class {module}.{name}"
+    if inspect.isbuiltin(obj):
+        return f"the builtin function {getattr(obj, '__name__', name)}"
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        return f"the function {module}.{name} (return annotation: {_return_annotation_text(obj)})"
+    return f"a {type(obj).__name__} object"
+
+
+def _return_annotation_text(fn: Any) -> str:
+    ann = inspect.signature(fn).return_annotation if _has_signature(fn) else inspect.Signature.empty
+    if ann is inspect.Signature.empty:
+        return "none"
+    return ann if isinstance(ann, str) else getattr(ann, "__qualname__", repr(ann))
+
+
+def _has_signature(fn: Any) -> bool:
+    try:
+        inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _builds_a_module(obj: Any) -> bool:
+    """Whether ``obj`` may be called to build a model: an ``nn.Module`` subclass, a factory in
+    the model registry, or a plain function annotated as returning ``nn.Module`` (or a subclass,
+    or an optional/union of them). Nothing is called to decide."""
+    if inspect.isclass(obj):
+        return issubclass(obj, nn.Module)
+    if any(obj is MODELS.get(name) for name in MODELS.names()):
+        return True
+    if not (inspect.isfunction(obj) or inspect.ismethod(obj)):
+        return False  # builtins, partials, callable instances: no annotation to trust
+    return _is_module_type(_return_hint(obj))
+
+
+def _return_hint(fn: Any) -> Any:
+    """The return annotation of ``fn`` resolved to an object; string annotations (``from
+    __future__ import annotations``) are resolved with :func:`typing.get_type_hints`, and when
+    that fails (another annotation names something unimportable) by looking a dotted name up
+    in the function's globals, attribute by attribute: nothing is evaluated."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - any failure falls back to the plain lookup below
+        hints = {}
+    if "return" in hints:
+        return hints["return"]
+    ann = getattr(fn, "__annotations__", {}).get("return")
+    if not isinstance(ann, str):
+        return ann
+    parts = ann.strip().split(".")
+    if not all(p.isidentifier() for p in parts):
+        return None
+    scope = getattr(inspect.unwrap(fn), "__globals__", {})
+    if parts[0] not in scope:
+        return None
+    value = scope[parts[0]]
+    for part in parts[1:]:
+        value = inspect.getattr_static(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+def _is_module_type(hint: Any) -> bool:
+    if inspect.isclass(hint):
+        return issubclass(hint, nn.Module)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        return bool(members) and all(_is_module_type(a) for a in members)
+    return False
 
 
 def resolve_model(spec: str) -> Any:

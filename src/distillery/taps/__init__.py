@@ -10,10 +10,13 @@
 
 from .hooks import (
     INPUT_SUFFIX,
+    Address,
     StopForward,
     capture,
+    format_address,
     module_paths,
     output_signals,
+    parse_address,
     resolve,
     run_tapped,
     split_address,
@@ -22,10 +25,13 @@ from .hooks import (
 
 __all__ = [
     "INPUT_SUFFIX",
+    "Address",
     "StopForward",
     "capture",
+    "format_address",
     "module_paths",
     "output_signals",
+    "parse_address",
     "resolve",
     "run_tapped",
     "split_address",
