@@ -113,6 +113,31 @@ def test_the_run_config_is_strict_about_top_level_keys():
     assert isinstance(parse_config(BASE), RunConfig)
 
 
+def test_every_registered_teacher_section_is_a_teacher_kind_and_names_its_keys():
+    """The ``teacher`` union and the tags left out of error paths come from the registry."""
+    from distillery.registry import TEACHERS
+
+    kinds = [name for name, _ in TEACHERS.sections()]
+    assert kinds[:2] == ["frozen", "ema"] and {"cached", "tta_dense", "bank", "anchored"} <= set(kinds)
+    for kind in kinds:
+        msg = _error([f"teacher={{kind: {kind}, bogus_key: 1}}"])
+        assert "teacher.bogus_key: unknown key; allowed keys: " in msg and f".{kind}." not in msg, msg
+
+
+def test_a_parsed_config_pickles_and_its_sections_are_named_where_they_are_defined():
+    import pickle
+
+    from distillery.config import FrozenTeacherCfg
+
+    cfg = parse_config(apply_overrides(BASE, [
+        "teacher={kind: bank, members: [{kind: frozen, model: {name: mlp, checkpoint: t.safetensors}}, {kind: ema}]}",
+        "objectives.1.weight={kind: linear_warmup, warmup_steps: 3}",
+        "weighting={gam: {task: ce, term: kd, params: layers.0}}",
+    ]))
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert f"{FrozenTeacherCfg.__module__}.{FrozenTeacherCfg.__qualname__}" == "distillery.teachers.frozen.FrozenTeacherCfg"
+
+
 def _shorten(path: Path) -> list[str]:
     """Overrides that make a shipped config run one epoch (teachers fitted for one epoch)."""
     raw = load_yaml(path)

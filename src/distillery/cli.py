@@ -4,7 +4,7 @@
 
     distillery run CONFIG|NAME [--set key=value ...] [--out DIR] [--resume | --overwrite]
     distillery demo [--quick] [--out DIR] [--overwrite]
-    distillery list
+    distillery list [--params [NAME]]
     distillery report RUN_DIR
     distillery cache build CONFIG [--out DIR] [--set k=v] [--topk K] [--views V] [--overwrite]
     distillery cache verify DIR
@@ -57,6 +57,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from . import data, models, objectives, recipes, registry, teachers, weighting  # noqa: F401  (importing fills the registries)
 
+    if args.params is not None:
+        return _list_params(args.params or None)
     sections = [
         ("teachers", registry.TEACHERS),
         ("objectives", registry.OBJECTIVES),
@@ -73,6 +75,38 @@ def _cmd_list(args: argparse.Namespace) -> int:
             print(f"  {name:<{width}}  {summary}")
         print()
     _list_configs()
+    print("'distillery list --params [NAME]' shows the parameters of the datasets, views and models.")
+    return 0
+
+
+def _list_params(name: str | None) -> int:
+    """The parameters of every dataset, view and model (or of those named ``name``): type,
+    default and meaning, from the signature and the docstring's ``Args:`` section."""
+    import difflib
+
+    from . import registry
+    from .config.describe import describe
+    from .config.signatures import accepts
+
+    sections = [("datasets", registry.DATASETS), ("views", registry.VIEWS), ("models", registry.MODELS)]
+    if name is not None and not any(name in reg for _, reg in sections):
+        known = sorted({n for _, reg in sections for n in reg.names()})
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"'distillery list --params {name}': no dataset, view or model is called {name!r}.{hint} "
+            "'distillery list' shows every name."
+        )
+    for title, reg in sections:
+        names = [n for n in reg.names() if name is None or n == name]
+        if not names:
+            continue
+        print(f"{title}:" if name is None else f"{title[:-1]}:")
+        for n in names:
+            fn = reg.get(n)
+            supplied = [s for s in ("input_shape", "num_classes") if reg is registry.MODELS and accepts(fn, s)]
+            print("\n".join(describe(title[:-1], n, fn, reg.summary(n), supplied)))
+        print()
     return 0
 
 
@@ -169,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("list", help="list teachers, objectives, weightings, datasets, views, models, recipes and bundled configs")
+    p.add_argument("--params", nargs="?", const="", metavar="NAME",
+                   help="show the parameters (type, default, meaning) of every dataset, view and model, or of NAME only")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("reproduce", help="run a paper's miniature reproduction and judge its claims")

@@ -2,15 +2,67 @@
 
 Each registry maps a short name (``kd``, ``ema``, ``mnist1d``) to a class or factory and a
 one-line summary taken from the first paragraph of its docstring unless given explicitly.
+
+A component that a run config can name also registers its **config section**: the pydantic
+class of its keys and how to build it from them. The config schema assembles its unions
+from these sections (``teacher: {kind: ...}``, a term's ``weight: {kind: ...}``,
+``weighting: {gradnorm: ...}``), and the engine builds through :meth:`Registry.build`, so a
+new teacher kind, schedule or balancer is one module and its registrations::
+
+    @TEACHERS.register("frozen")
+    class FrozenTeacher(Teacher): ...
+
+    def frozen_config() -> type:          # called once, when the config schema is imported
+        from ..config.base import ModelCfg, TeacherCfgBase
+        class FrozenTeacherCfg(TeacherCfgBase): ...
+        return FrozenTeacherCfg
+
+    @TEACHERS.builder("frozen", config=frozen_config, member=True)
+    def build_frozen(cfg, ctx, where): ...  # -> FrozenTeacher
+
+The config class is made by a function, not at module level, so that ``import distillery``
+(which imports every teacher and weighting) does not import pydantic; only loading a config
+does. Sections are listed in the order they were registered (the order a package imports its
+modules), which is the order error messages list the kinds in.
 """
 
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+
+
+@dataclass
+class Section:
+    """How a registered component is written in a config and built from it.
+
+    ``config()`` returns the pydantic class of the section (made on the first call, then
+    kept); ``build(cfg, *args)`` builds the component from a validated section (default:
+    the component called with the section's fields, ``kind`` left out); ``tags`` say where
+    the section may appear (e.g. ``member=True``: inside a teacher bank)."""
+
+    make_config: Callable[[], type]
+    build: Callable[..., Any] | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+    _config: type | None = None
+
+    def config(self) -> type:
+        if self._config is None:
+            cls = self.make_config()
+            # made inside a function, the class is named and found as if defined in its module
+            # (reprs, pickle): distillery.teachers.frozen.FrozenTeacherCfg
+            cls.__qualname__ = cls.__name__
+            module = sys.modules[cls.__module__]
+            if getattr(module, cls.__name__, cls) is not cls:
+                raise ValueError(f"{cls.__module__}.{cls.__name__} names something else than the config class")
+            setattr(module, cls.__name__, cls)
+            self._config = cls
+        return self._config
 
 
 class Registry:
@@ -19,18 +71,41 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, tuple[Any, str]] = {}
+        self._sections: dict[str, Section] = {}
 
-    def register(self, name: str, summary: str | None = None) -> Callable[[Any], Any]:
-        """Decorator: ``@OBJECTIVES.register("kd")`` above a class or function."""
+    def register(self, name: str, summary: str | None = None, *, config: Callable[[], type] | None = None, **tags: Any) -> Callable[[Any], Any]:
+        """Decorator: ``@OBJECTIVES.register("kd")`` above a class or function.
+
+        With ``config`` (a function returning the section's pydantic class), a config can
+        name the component and it is built by calling it with the section's fields."""
 
         def deco(obj: Any) -> Any:
             if name in self._entries and self._entries[name][0] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             line = summary or _first_line(obj.__doc__) or ""
             self._entries[name] = (obj, line)
+            if config is not None:
+                self._add_section(name, Section(config, None, tags))
             return obj
 
         return deco
+
+    def builder(self, name: str, *, config: Callable[[], type], **tags: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``build(cfg, *args)`` builds the component registered as ``name`` from
+        its config section, whose pydantic class ``config()`` returns."""
+
+        def deco(build: Callable[..., Any]) -> Callable[..., Any]:
+            if name not in self._entries:
+                raise ValueError(f"{self.kind} {name!r}: register the component before its builder")
+            self._add_section(name, Section(config, build, tags))
+            return build
+
+        return deco
+
+    def _add_section(self, name: str, section: Section) -> None:
+        if name in self._sections:
+            raise ValueError(f"{self.kind} {name!r} has two config sections")
+        self._sections[name] = section
 
     def get(self, name: str) -> Any:
         """Return the component registered as ``name``; a ConfigError lists the known names."""
@@ -57,6 +132,33 @@ class Registry:
     def items(self) -> Iterator[tuple[str, str]]:
         for name in sorted(self._entries):
             yield name, self._entries[name][1]
+
+    # -- config sections ----------------------------------------------------------------------
+    def sections(self, **tags: Any) -> list[tuple[str, type]]:
+        """``(name, config class)`` of the sections whose tags match ``tags``, in
+        registration order (a class shared by several names is listed under each)."""
+        return [
+            (name, section.config())
+            for name, section in self._sections.items()
+            if all(section.tags.get(k) == v for k, v in tags.items())
+        ]
+
+    def config_class(self, name: str) -> type:
+        """The pydantic class of the section registered as ``name``."""
+        if name not in self._sections:
+            self.get(name)  # an unknown name: the usual error
+            raise ConfigError(f"{self.kind} {name!r} cannot be written in a config.")
+        return self._sections[name].config()
+
+    def build(self, name: str, cfg: Any, *args: Any) -> Any:
+        """The component registered as ``name``, built from its validated section ``cfg``
+        (``args`` go to the section's builder)."""
+        self.config_class(name)
+        section = self._sections[name]
+        if section.build is not None:
+            return section.build(cfg, *args)
+        fields = {k: getattr(cfg, k) for k in type(cfg).model_fields if k != "kind"}
+        return self.get(name)(**fields)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -97,9 +199,3 @@ DATASETS = Registry("dataset")
 MODELS = Registry("model")
 VIEWS = Registry("view")
 RECIPES = Registry("recipe")
-
-
-def load_all() -> None:
-    """Import every package that registers components, so that every registry is complete
-    (``distillery list``)."""
-    from . import data, models, objectives, recipes, teachers, weighting  # noqa: F401

@@ -15,13 +15,14 @@ from typing import Any
 
 from torch import nn
 
-from .engine import distributed as D
-from .config import FitCfg, FrozenTeacherCfg, RunConfig, dump_config
+from .config import FitCfg, RunConfig, dump_config
 from .engine import checkpoint as ckpt
+from .engine import distributed as D
 from .engine.build import (
+    RunParts,
+    TeacherContext,
     build_distiller,
     build_model,
-    build_teacher,
     build_terms,
     build_view,
     trainer_kwargs,
@@ -144,10 +145,8 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, overwrite: bool = Fa
     Under torchrun every process calls this; rank 0 alone touches the run directory.
     """
     D.init_from_env(cfg.train.device)
-    if getattr(cfg.teacher, "kind", None) == "cached":
-        from .cache.store import read_manifest
-
-        read_manifest(Path(cfg.teacher.path))  # a missing cache fails before the run directory is made
+    if cfg.teacher is not None:
+        cfg.teacher.preflight()  # e.g. a missing cache fails before the run directory is made
     out = D.on_main(lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
     if D.is_main():
         ckpt.atomic_write_text(out / "config.yaml", dump_config(cfg))
@@ -162,19 +161,12 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, overwrite: bool = Fa
         raise ConfigError(f"data.unlabeled is true, but dataset {cfg.data.dataset!r} was given no unlabeled samples (see its params).")
     train_set = splits.train_with_unlabeled() if cfg.data.unlabeled else splits.train
     terms = build_terms(cfg.objectives)
-    teacher = None
-    if cfg.teacher is not None:
-        teacher = build_teacher(cfg.teacher, student, splits.input_shape, splits.num_classes, _fit)
-        if isinstance(cfg.teacher, FrozenTeacherCfg) and cfg.teacher.precompute:
-            teacher = precompute_teacher(cfg, teacher, terms, train_set)
-    replay = None
-    if getattr(cfg.teacher, "kind", None) == "cached":
-        from .cache.checks import check_cached_run
-
-        replay = check_cached_run(cfg, teacher, train_set, terms, splits.input_shape, splits.num_classes)
+    run_parts = RunParts(cfg, train_set, terms, precompute=lambda t: precompute_teacher(cfg, t, terms, train_set))
+    context = TeacherContext(student, splits.input_shape, splits.num_classes, _fit, run=run_parts)
+    teacher = context.build(cfg.teacher) if cfg.teacher is not None else None
     distiller = build_distiller(cfg, student, teacher, terms)
-    if replay is not None:  # the teacher saw the student's augmented input: replay the cached entry's
-        distiller.student_view = replay
+    if context.student_view is not None:  # the teacher decides the student's input (a cache's replayed augmentation)
+        distiller.student_view = context.student_view
     trainer = Trainer(
         distiller,
         train_set,

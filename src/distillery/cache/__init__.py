@@ -8,8 +8,8 @@
 * :mod:`.store`: the on-disk format (sharded ``.npy`` files opened as memory maps, a
   ``manifest.json`` with shapes, dtypes, fingerprints and per-shard sha256), the reader and
   the errors (:class:`CacheError` and its subclasses);
-* :mod:`.builder`: :func:`build_cache` (a model and a dataset) and
-  :func:`build_cache_from_config` (what the CLI runs);
+* :mod:`.builder`: :func:`build_cache` (a model and a dataset);
+* :mod:`.from_config`: :func:`build_cache_from_config` (a run config; what the CLI runs);
 * :mod:`.checks`: what a run checks before training on a cache;
 * :class:`~distillery.teachers.CachedTeacher` reads a cache during training, and the
   ``kd_topk`` objective (:mod:`distillery.objectives.topk`) uses a top-k cache.
@@ -23,7 +23,7 @@ from typing import Any
 _EXPORTS = {
     "apply_seeded": "builder",
     "build_cache": "builder",
-    "build_cache_from_config": "builder",
+    "build_cache_from_config": "from_config",
     "sample_seed": "builder",
     "teacher_fingerprint": "builder",
     "teacher_input_spec": "builder",

@@ -33,7 +33,7 @@ def _positive_float(text: str) -> float:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from .builder import build_cache_from_config
+    from .from_config import build_cache_from_config
 
     cfg = load_config(args.config, args.set)
     out = args.out

@@ -6,6 +6,12 @@ is allowed. ``--set a.b=value`` overrides are applied before validation (values 
 as YAML, so ``--set train.epochs=3`` gives an int and ``--set teacher=null`` removes a key's
 value); list items are addressed by index (``objectives.1.weight=0.5``).
 
+The sections that name a component by its kind are not written here: each teacher kind,
+schedule and balancer defines its config class next to its code and registers it (see
+:mod:`distillery.registry`); this module assembles ``teacher`` (one section per teacher kind),
+the members of banks, and ``weighting`` (one key per balancer) from those registrations.
+The building blocks are in :mod:`.base`, training and terms in :mod:`.training`.
+
 A complete example (``configs/kd_mnist1d.yaml``)::
 
     seed: 0
@@ -25,373 +31,62 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+
+from .. import teachers  # noqa: F401  (importing registers the teacher kinds and their sections)
+from ..errors import ConfigError
+from ..registry import TEACHERS, WEIGHTINGS
+from .base import (  # noqa: F401  (re-exported: ``from distillery.config import ViewCfg``)
+    ModelCfg,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Strict,
+    TeacherCfgBase,
+    Unit,
+    ViewCfg,
+    ViewList,
+    tagged_union,
+    view_fields,
+)
+from .training import (  # noqa: F401  (re-exported)
+    FitCfg,
+    FitDataCfg,
+    MixCfg,
+    OptimizerCfg,
+    ScheduleCfg,
+    SchedulerCfg,
+    TermCfg,
+    TrainCfg,
 )
 
-from ..errors import ConfigError
-
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-Unit = Annotated[float, Field(ge=0, le=1)]
-
-
-class Strict(BaseModel):
-    """Base: unknown keys are errors; values are not silently coerced across types."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-# -- views, models ---------------------------------------------------------------------------
-ViewList = list[dict[str, Any]]
-"""A list of view specs such as ``[{name: shift1d, max_shift: 5}, {name: noise, std: 0.1}]``."""
-
-
-class ViewCfg(Strict):
-    """Where a model's input comes from: a batch ``key`` passed through ``transforms``."""
-
-    key: str = "x"
-    transforms: ViewList = []
-
-
-def _view(value: Any) -> Any:
-    """A view may be written as a field name (``x_full``) or a bare list of transforms."""
-    if isinstance(value, str):
-        return {"key": value}
-    if isinstance(value, list):
-        return {"transforms": value}
-    return value
-
-
-class ModelCfg(Strict):
-    """A network: a registered name (``mlp``, ``cnn1d``, ...) or ``package.module:Class``."""
-
-    name: str
-    params: dict[str, Any] = {}
-    checkpoint: str | None = None
-
-
-# -- training --------------------------------------------------------------------------------
-class OptimizerCfg(Strict):
-    name: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: PosFloat = 1e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    nesterov: bool = False
-    betas: tuple[Unit, Unit] = (0.9, 0.999)
-
-    def torch_kwargs(self) -> dict[str, Any]:
-        if self.name == "sgd":
-            return {"name": "sgd", "lr": self.lr, "weight_decay": self.weight_decay, "momentum": self.momentum, "nesterov": self.nesterov}
-        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay, "betas": tuple(self.betas)}
-
-
-class SchedulerCfg(Strict):
-    name: Literal["constant", "cosine", "linear", "step"] = "constant"
-    warmup_steps: NonNegInt = 0
-    min_lr_ratio: Unit = 0.0
-    milestones: list[NonNegInt] = []
-    gamma: PosFloat = 0.1
-
-
-class TrainCfg(Strict):
-    epochs: PosInt = 10
-    optimizer: OptimizerCfg = OptimizerCfg()
-    scheduler: SchedulerCfg = SchedulerCfg()
-    grad_accum: PosInt = 1
-    clip_grad_norm: PosFloat | None = None
-    precision: Literal["fp32", "bf16"] = "fp32"
-    eval_every: PosInt = 1
-    checkpoint_every: PosInt | None = None
-    keep_checkpoints: PosInt = 2
-    log_every: PosInt = 10
-    device: str = "auto"
-    progress: bool = True
-    tensorboard: bool = True
-    distributed: Literal["ddp", "fsdp"] = "ddp"
-    """Under torchrun: DistributedDataParallel, or FSDP2 sharding for students too big for one device."""
-    find_unused_parameters: bool = False
-
-
-class FitDataCfg(Strict):
-    """Another dataset to fit a teacher on (e.g. a source domain): a registered name and its params."""
-
-    dataset: str
-    params: dict[str, Any] = {}
-
-
-class FitCfg(TrainCfg):
-    """How to train a teacher from scratch when it has no checkpoint: by cross-entropy on the
-    labels, or by the listed ``objectives`` (e.g. self-supervised masked reconstruction, which
-    with ``unlabeled: true`` also reads the dataset's unlabeled samples)."""
-
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    view: ViewCfg | None = None
-    batch_size: PosInt | None = None
-    objectives: list[TermCfg] = []
-    """Terms that train the teacher (no teacher of its own); empty: cross-entropy."""
-    unlabeled: bool = False
-    """Fit on the training set plus the dataset's unlabeled samples (labels ``-1``)."""
-    data: FitDataCfg | None = None
-    """Fit on this dataset instead of the run's (same input shape; at most the run's number of
-    classes), e.g. a source domain of cross-domain distillation (DistillWeighted)."""
-
-    _coerce_view = field_validator("view", mode="before")(lambda cls, v: _view(v))
-
-
-# -- teachers --------------------------------------------------------------------------------
-class _TeacherBase(Strict):
-    view: ViewCfg | None = None
-
-    _coerce_view = field_validator("view", mode="before")(lambda cls, v: _view(v))
-
-
-class FrozenTeacherCfg(_TeacherBase):
-    """A trained model; ``checkpoint`` (safetensors) or ``fit`` (train it first) is required."""
-
-    kind: Literal["frozen"]
-    model: ModelCfg
-    fit: FitCfg | None = None
-    until: str | None = None
-    precompute: bool = False
-    """Run the teacher once over the training set and look its signals up by sample index
-    (exact when the teacher sees un-augmented inputs; much faster)."""
-
-    @model_validator(mode="after")
-    def _needs_weights(self) -> FrozenTeacherCfg:
-        if self.model.checkpoint is None and self.fit is None:
-            raise ValueError(
-                "a frozen teacher needs trained weights: set teacher.model.checkpoint to a "
-                ".safetensors file, or teacher.fit to train it first"
-            )
-        return self
-
-
-class EMATeacherCfg(_TeacherBase):
-    kind: Literal["ema"]
-    momentum: Unit = 0.996
-    final_momentum: Unit | None = 1.0
-    buffers: Literal["copy", "average"] = "copy"
-
-
-class SnapshotTeacherCfg(_TeacherBase):
-    kind: Literal["snapshot"]
-    every: PosInt | None = None
-
-
-class VotingSnapshotTeacherCfg(_TeacherBase):
-    """The ``size`` most recent snapshots of the student (one every ``every`` steps), voting (SD-DARTS)."""
-
-    kind: Literal["voting_snapshots"]
-    size: PosInt = 3
-    every: PosInt | None = 1
-    vote: Literal["soft", "majority"] = "soft"
-
-
-class SelfEnsembleTeacherCfg(_TeacherBase):
-    kind: Literal["self_ensemble"]
-    transforms: list[ViewList] = Field(min_length=1)
-    average: Literal["probs", "logits"] = "probs"
-    model: ModelCfg | None = None
-
-
-class PrivilegedTeacherCfg(_TeacherBase):
-    kind: Literal["privileged"]
-    view: ViewCfg  # required: what the teacher sees
-    model: ModelCfg | None = None
-    fit: FitCfg | None = None
-    eval_mode: bool = True
-
-
-MemberCfg = Annotated[
-    Union[FrozenTeacherCfg, EMATeacherCfg, SnapshotTeacherCfg, SelfEnsembleTeacherCfg, PrivilegedTeacherCfg],
-    Field(discriminator="kind"),
-]
-
-
-class BankTeacherCfg(_TeacherBase):
-    kind: Literal["bank"]
-    members: list[MemberCfg] = Field(min_length=1)
-    weights: list[Annotated[float, Field(ge=0)]] | None = None
-    combine: Literal["probs", "logits"] = "probs"
-
-    @model_validator(mode="after")
-    def _weights_match(self) -> BankTeacherCfg:
-        if self.weights is not None and len(self.weights) != len(self.members):
-            raise ValueError(f"bank has {len(self.members)} members but {len(self.weights)} weights")
-        return self
-
-
-class AnchoredTeacherCfg(_TeacherBase):
-    """A target anchored to a base teacher (recursive meta-distillation): ``strength * p +
-    (1 - strength) * q`` (arithmetic) or ``∝ p^strength q^(1 - strength)`` (geometric), where
-    ``anchor`` gives ``p`` and ``current`` gives ``q`` (e.g. a snapshot of the student)."""
-
-    kind: Literal["anchored"]
-    anchor: MemberCfg
-    current: MemberCfg
-    strength: Unit = 0.5
-    mode: Literal["arithmetic", "geometric"] = "arithmetic"
-
-
-class CachedTeacherCfg(_TeacherBase):
-    """Teacher outputs read by sample index from a cache built by ``distillery cache build``.
-
-    ``view`` is the teacher's input, as for any teacher (it must be the one the cache was
-    built with). ``source`` (a frozen teacher) is what ``distillery cache build`` runs, and
-    lets a run check the cache's teacher against the config. ``topk``, ``temperature``,
-    ``views``, ``dtype`` and ``shard_size`` are build options (CLI flags override them); a
-    run reads them from the cache's manifest.
-    """
-
-    kind: Literal["cached"]
-    path: str
-    source: FrozenTeacherCfg | None = None
-    verify: Literal["full", "size"] = "full"
-    topk: PosInt | None = None
-    temperature: PosFloat | None = None
-    views: PosInt | None = None
-    dtype: Literal["float16", "float32"] = "float16"
-    shard_size: PosInt = 16384
-
-    @model_validator(mode="after")
-    def _plain_source(self) -> CachedTeacherCfg:
-        if self.source is not None and (self.source.view is not None or self.source.precompute):
-            raise ValueError(
-                "teacher.source gives the cached teacher's model only: set the teacher's input as "
-                "teacher.view (not teacher.source.view), and leave teacher.source.precompute out"
-            )
-        return self
-
-
-class TTADenseTeacherCfg(_TeacherBase):
-    """A frozen model whose dense (token) signals are averaged over whole-patch shifts and flips
-    of the input, each warped back onto the patch grid (PH-Reg's denoised targets). ``patch`` is
-    the model's patch size; the grid is the input size divided by it."""
-
-    kind: Literal["tta_dense"]
-    model: ModelCfg
-    fit: FitCfg | None = None
-    patch: PosInt | tuple[PosInt, PosInt]
-    shifts: NonNegInt = 1
-    flip: bool = True
-    prefix_tokens: NonNegInt = 1
-
-    @model_validator(mode="after")
-    def _needs_weights(self) -> TTADenseTeacherCfg:
-        if self.model.checkpoint is None and self.fit is None:
-            raise ValueError(
-                "a tta_dense teacher needs trained weights: set teacher.model.checkpoint to a "
-                ".safetensors file, or teacher.fit to train it first"
-            )
-        return self
-
-
-TeacherCfg = Annotated[
-    Union[FrozenTeacherCfg, EMATeacherCfg, SnapshotTeacherCfg, VotingSnapshotTeacherCfg, SelfEnsembleTeacherCfg, PrivilegedTeacherCfg, BankTeacherCfg, AnchoredTeacherCfg, CachedTeacherCfg, TTADenseTeacherCfg],
-    Field(discriminator="kind"),
-]
-
-
-# -- objectives and weighting ----------------------------------------------------------------
-class ConstantCfg(Strict):
-    kind: Literal["constant"]
-    value: float = 1.0
-
-
-class WarmupCfg(Strict):
-    kind: Literal["linear_warmup", "cosine_warmup"]
-    value: float = 1.0
-    warmup_steps: NonNegInt = 0
-    start: float = 0.0
-
-
-class StepCfg(Strict):
-    kind: Literal["step"]
-    value: float = 1.0
-    milestones: list[NonNegInt] = []
-    gamma: float = 0.1
-
-
-class CosineCfg(Strict):
-    kind: Literal["cosine"]
-    start: float
-    end: float
-    total_steps: PosInt
-
-
-ScheduleCfg = Annotated[Union[ConstantCfg, WarmupCfg, StepCfg, CosineCfg], Field(discriminator="kind")]
-
-
-class MixCfg(Strict):
-    """Ground-truth mixing of a term's target: ``alpha * one_hot(labels) + (1 - alpha) * teacher``."""
-
-    alpha: Unit | ScheduleCfg = 0.5
-    labels: str = "batch.y"
-
-
-class TermCfg(Strict):
-    kind: str
-    name: str | None = None
-    params: dict[str, Any] = {}
-    weight: float | ScheduleCfg = 1.0
-    inputs: dict[str, str] = {}
-    adapter: Literal["linear", "mlp", "conv1x1"] | None = None
-    mix: MixCfg | None = None
-
-    @field_validator("kind")
-    @classmethod
-    def _known(cls, kind: str) -> str:
-        from .. import objectives  # noqa: F401  (importing registers the objectives)
-        from ..registry import OBJECTIVES
-
-        if kind not in OBJECTIVES:
-            raise ValueError(str(_unknown(OBJECTIVES, kind)))
-        return kind
-
-
-class GradNormCfg(Strict):
-    task: str
-    ratios: dict[str, PosFloat]
-    params: str = ""
-    every: PosInt = 1
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    min_weight: Annotated[float, Field(ge=0)] = 0.0
-    max_weight: PosFloat = 1e4
-
-
-class GamCfg(Strict):
-    """RT-DETRv4's Gradient-guided Adaptive Modulation (:class:`distillery.weighting.gam.GradientGuidedModulation`)."""
-
-    task: str
-    term: str
-    params: str
-    rho: Annotated[float, Field(gt=0, lt=1)] = 0.11
-    delta: Annotated[float, Field(ge=0, lt=1)] = 0.01
-    initial: PosFloat = 1.0
-    every: PosInt = 100
-    default: PosFloat | None = None
-    max_factor: Annotated[float, Field(gt=1)] = 10.0
-
-
-class WeightingCfg(Strict):
-    gradnorm: GradNormCfg | None = None
-    gam: GamCfg | None = None
-
-    @model_validator(mode="after")
-    def _one_balancer(self) -> WeightingCfg:
-        if self.gradnorm is not None and self.gam is not None:
-            raise ValueError("choose one of weighting.gradnorm and weighting.gam (a distiller has one balancer)")
-        return self
+# -- the sections components register --------------------------------------------------------
+TeacherCfg = tagged_union([cls for _, cls in TEACHERS.sections()])
+"""``teacher: {kind: ..., ...}``: one section per registered teacher kind (see :mod:`distillery.teachers`)."""
+
+MemberCfg = tagged_union([cls for _, cls in TEACHERS.sections(member=True)])
+"""A member of a teacher bank or an anchored teacher: the kinds registered with ``member=True``."""
+
+
+def _one_balancer(self: Any) -> Any:
+    chosen = [name for name, value in self if value is not None]
+    if len(chosen) > 1:
+        names = [f"weighting.{name}" for name, _ in self]
+        raise ValueError(f"choose one of {', '.join(names[:-1])} and {names[-1]} (a distiller has one balancer)")
+    return self
+
+
+_BALANCERS = WEIGHTINGS.sections(role="balancer")
+WeightingCfg = create_model(
+    "WeightingCfg",
+    __base__=Strict,
+    __doc__="How terms are balanced during training: at most one balancer (see :mod:`distillery.weighting`).",
+    __validators__={"_one_balancer": model_validator(mode="after")(_one_balancer)},
+    **{name: (cls | None, None) for name, cls in _BALANCERS},
+)
 
 
 # -- data and the run ------------------------------------------------------------------------
@@ -406,7 +101,7 @@ class DataCfg(Strict):
     num_workers: NonNegInt = 0
     drop_last: bool = False
 
-    _coerce_views = field_validator("student_view", "eval_view", mode="before")(lambda cls, v: _view(v))
+    _coerce_views = view_fields("student_view", "eval_view")
 
 
 class RunConfig(Strict):
@@ -430,12 +125,13 @@ class RunConfig(Strict):
         return self
 
 
-def _unknown(registry: Any, name: str) -> ConfigError:
-    try:
-        registry.get(name)
-    except ConfigError as exc:
-        return exc
-    return ConfigError(name)
+def __getattr__(name: str) -> Any:
+    """A registered section's class by its name (``FrozenTeacherCfg``, ``GamCfg``, ...)."""
+    for registry in (TEACHERS, WEIGHTINGS):
+        for _, cls in registry.sections():
+            if cls.__name__ == name:
+                return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -531,9 +227,12 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"Invalid config ({source}): " + "; ".join(lines) + "."
 
 
-_TAGS = {"frozen", "ema", "snapshot", "voting_snapshots", "self_ensemble", "privileged", "bank", "anchored", "cached", "tta_dense", "constant", "linear_warmup",
-         "cosine_warmup", "step", "cosine", "float", "int", "str", "bool", "list[dict[str,any]]",
-         "function-after[_weights_match(), BankTeacherCfg]", "function-after[_needs_weights(), FrozenTeacherCfg]"}
+_TAGS = {
+    *(name for registry in (TEACHERS, WEIGHTINGS) for name, cls in registry.sections() if "kind" in cls.model_fields),
+    "float", "int", "str", "bool", "list[dict[str,any]]",
+}
+"""The labels pydantic puts into an error's location for a union member (the ``kind`` of a
+tagged section, the type of a plain one); they are left out of the key path a message names."""
 
 
 def _strip_tags(loc: list[str]) -> list[str]:

@@ -1,53 +1,34 @@
-"""Build the Python objects of a run from a validated :class:`~distillery.config.RunConfig`."""
+"""Build the Python objects of a run from a validated :class:`~distillery.config.RunConfig`.
+
+Nothing here names a teacher kind, a schedule or a balancer: each registers its config section
+and its builder (see :mod:`distillery.registry`), and this module builds through the registry.
+A teacher's builder receives a :class:`TeacherContext`: what building a teacher needs besides
+its section (the student, the data's shapes, how to train a model that has no checkpoint).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..config.signatures import check_params
 from ..batch import BatchView
-from ..config import (
-    AnchoredTeacherCfg,
-    BankTeacherCfg,
-    EMATeacherCfg,
-    FitCfg,
-    FrozenTeacherCfg,
-    ModelCfg,
-    PrivilegedTeacherCfg,
-    RunConfig,
-    SelfEnsembleTeacherCfg,
-    SnapshotTeacherCfg,
-    TermCfg,
-    ViewCfg,
-    VotingSnapshotTeacherCfg,
-)
+from ..config.signatures import check_params
 from ..errors import ConfigError
-from ..registry import OBJECTIVES
-from ..teachers import (
-    EMATeacher,
-    FrozenTeacher,
-    PrivilegedTeacher,
-    SelfEnsembleTeacher,
-    SnapshotTeacher,
-    Teacher,
-    TeacherBank,
-    VotingSnapshotTeacher,
-)
-from ..weighting import (
-    Constant,
-    CosineSchedule,
-    CosineWarmup,
-    GradNormBalancer,
-    GroundTruthMix,
-    LinearWarmup,
-    Schedule,
-    StepSchedule,
-)
+from ..registry import OBJECTIVES, TEACHERS, WEIGHTINGS
+from ..teachers.base import Teacher
+from ..weighting import GroundTruthMix, Schedule
 from . import checkpoint as ckpt
 from .distiller import Distiller, Term
+
+if TYPE_CHECKING:
+    from ..config.base import ModelCfg, ViewCfg
+    from ..config.schema import RunConfig
+    from ..config.training import FitCfg, TermCfg
 
 
 def build_view(cfg: ViewCfg | None, where: str) -> BatchView | None:
@@ -77,18 +58,19 @@ def build_model(cfg: ModelCfg, input_shape: tuple[int, ...], num_classes: int, w
 
 
 def build_schedule(value: Any) -> float | Schedule:
+    """A number stays a number; a schedule section (``{kind: linear_warmup, ...}``) becomes
+    the schedule registered under its kind."""
     if isinstance(value, (int, float)):
         return float(value)
-    kind = value.kind
-    if kind == "constant":
-        return Constant(value.value)
-    if kind == "linear_warmup":
-        return LinearWarmup(value.value, value.warmup_steps, value.start)
-    if kind == "cosine_warmup":
-        return CosineWarmup(value.value, value.warmup_steps, value.start)
-    if kind == "step":
-        return StepSchedule(value.value, value.milestones, value.gamma)
-    return CosineSchedule(value.start, value.end, value.total_steps)
+    return WEIGHTINGS.build(value.kind, value)
+
+
+def build_balancer(cfg: Any) -> Any:
+    """The balancer of a ``weighting`` section (the registered balancer whose key is set), or ``None``."""
+    for name, section in cfg:
+        if section is not None:
+            return WEIGHTINGS.build(name, section)
+    return None
 
 
 def build_objective(kind: str, params: dict[str, Any], where: str) -> nn.Module:
@@ -127,6 +109,58 @@ def build_terms(cfgs: list[TermCfg], where: str = "objectives") -> list[Term]:
     return terms
 
 
+@dataclass
+class RunParts:
+    """What a run's own teacher may use of the run besides its section (a bank's members and
+    teachers built outside :func:`distillery.runner.run` get none): the run config, the
+    training set, the terms, and ``precompute(teacher)``, which replaces a frozen teacher by
+    its signals over the training set."""
+
+    config: RunConfig
+    train_set: Any
+    terms: list[Term]
+    precompute: Callable[[Teacher], Teacher]
+
+
+@dataclass
+class TeacherContext:
+    """What a teacher's builder needs besides its config section.
+
+    ``fit_teacher(model, fit_cfg, where)`` trains a model that has no checkpoint and returns
+    it. A builder may set ``student_view`` when the teacher decides the student's input (a
+    cache built on the student's augmented input replays that augmentation)."""
+
+    student: nn.Module
+    input_shape: tuple[int, ...]
+    num_classes: int
+    fit_teacher: Callable[[nn.Module, FitCfg, str], nn.Module] | None = None
+    run: RunParts | None = None
+    student_view: Any = None
+
+    def build(self, cfg: Any, where: str = "teacher") -> Teacher:
+        """The teacher of section ``cfg`` (at config key ``where``), by its kind's builder."""
+        return TEACHERS.build(cfg.kind, cfg, self, where)
+
+    def member(self, cfg: Any, where: str) -> Teacher:
+        """A teacher inside another one (a bank's member, an anchored teacher's parts)."""
+        return dataclasses.replace(self, run=None, student_view=None).build(cfg, where)
+
+    def view(self, cfg: Any, where: str) -> BatchView | None:
+        """The view of section ``cfg.view`` (``None`` stays ``None``)."""
+        return build_view(cfg.view, f"{where}.view")
+
+    def model(self, cfg: ModelCfg, where: str) -> nn.Module:
+        """The network of a ``model`` section, sized for the run's data."""
+        return build_model(cfg, self.input_shape, self.num_classes, f"{where}.model")
+
+    def trained_model(self, cfg: ModelCfg, fit: FitCfg | None, where: str) -> nn.Module:
+        """The network of ``cfg``, trained as ``fit`` says when it has no checkpoint."""
+        model = self.model(cfg, where)
+        if cfg.checkpoint is None:
+            model = self.fit_teacher(model, fit, where)
+        return model
+
+
 def build_teacher(
     cfg: Any,
     student: nn.Module,
@@ -135,87 +169,18 @@ def build_teacher(
     fit_teacher: Any,
     where: str = "teacher",
 ) -> Teacher:
-    """A teacher from its config. ``fit_teacher(model, fit_cfg, view, where)`` trains a
+    """A teacher from its config. ``fit_teacher(model, fit_cfg, where)`` trains a
     frozen/privileged teacher that has no checkpoint and returns it."""
-    view = build_view(cfg.view, f"{where}.view")
-    if getattr(cfg, "kind", None) == "cached":
-        from ..teachers.cached import CachedTeacher
-
-        # the view only feeds the evaluation teacher; training reads the cache by sample index
-        return CachedTeacher(cfg.path, verify=cfg.verify, eval_view=view)
-    if isinstance(cfg, FrozenTeacherCfg):
-        model = build_model(cfg.model, input_shape, num_classes, f"{where}.model")
-        if cfg.model.checkpoint is None:
-            model = fit_teacher(model, cfg.fit, where)
-        return FrozenTeacher(model, until=cfg.until, view=view)
-    if getattr(cfg, "kind", None) == "tta_dense":
-        from ..teachers.tta import DenseTTATeacher
-
-        model = build_model(cfg.model, input_shape, num_classes, f"{where}.model")
-        if cfg.model.checkpoint is None:
-            model = fit_teacher(model, cfg.fit, where)
-        patch = (cfg.patch, cfg.patch) if isinstance(cfg.patch, int) else tuple(cfg.patch)
-        if len(input_shape) != 3 or input_shape[1] % patch[0] or input_shape[2] % patch[1]:
-            raise ConfigError(f"{where}.patch: {cfg.patch} must divide the image size of inputs {tuple(input_shape)} (C, H, W).")
-        grid = (input_shape[1] // patch[0], input_shape[2] // patch[1])
-        return DenseTTATeacher(model, grid, patch, cfg.shifts, cfg.flip, cfg.prefix_tokens, view=view)
-    if isinstance(cfg, EMATeacherCfg):
-        return EMATeacher(student, cfg.momentum, cfg.final_momentum, cfg.buffers, view=view)
-    if isinstance(cfg, SnapshotTeacherCfg):
-        return SnapshotTeacher(student, cfg.every, view=view)
-    if isinstance(cfg, VotingSnapshotTeacherCfg):
-        return VotingSnapshotTeacher(student, cfg.size, cfg.every, cfg.vote, view=view)
-    if isinstance(cfg, SelfEnsembleTeacherCfg):
-        from ..data.views import build_view as build_transform
-
-        transforms = []
-        for i, spec in enumerate(cfg.transforms):
-            try:
-                transforms.append(build_transform(spec))
-            except ConfigError as exc:
-                raise ConfigError(f"{where}.transforms.{i}: {exc}") from None
-        model = build_model(cfg.model, input_shape, num_classes, f"{where}.model") if cfg.model else None
-        return SelfEnsembleTeacher(transforms, model=model, average=cfg.average, view=view)
-    if isinstance(cfg, PrivilegedTeacherCfg):
-        model = None
-        if cfg.model is not None:
-            model = build_model(cfg.model, input_shape, num_classes, f"{where}.model")
-            if cfg.model.checkpoint is None:
-                if cfg.fit is None:
-                    raise ConfigError(f"{where}: a separate privileged model needs model.checkpoint or fit.")
-                model = fit_teacher(model, cfg.fit, where)
-        return PrivilegedTeacher(view=view, model=model, eval_mode=cfg.eval_mode)
-    if isinstance(cfg, AnchoredTeacherCfg):
-        from ..teachers.anchored import AnchoredTeacher
-
-        anchor = build_teacher(cfg.anchor, student, input_shape, num_classes, fit_teacher, f"{where}.anchor")
-        current = build_teacher(cfg.current, student, input_shape, num_classes, fit_teacher, f"{where}.current")
-        return AnchoredTeacher(anchor, current, cfg.strength, cfg.mode, view=view)
-    if isinstance(cfg, BankTeacherCfg):
-        members = [
-            build_teacher(m, student, input_shape, num_classes, fit_teacher, f"{where}.members.{i}")
-            for i, m in enumerate(cfg.members)
-        ]
-        return TeacherBank(members, cfg.weights, cfg.combine)
-    raise ConfigError(f"{where}: unsupported teacher kind {getattr(cfg, 'kind', cfg)!r}.")
+    return TeacherContext(student, input_shape, num_classes, fit_teacher).build(cfg, where)
 
 
 def build_distiller(cfg: RunConfig, student: nn.Module, teacher: Teacher | None, terms: list[Term] | None = None) -> Distiller:
-    balancer = None
-    if cfg.weighting.gradnorm is not None:
-        g = cfg.weighting.gradnorm
-        balancer = GradNormBalancer(g.task, dict(g.ratios), g.params, g.every, g.momentum, g.min_weight, g.max_weight)
-    elif getattr(cfg.weighting, "gam", None) is not None:
-        from ..weighting.gam import GradientGuidedModulation
-
-        g = cfg.weighting.gam
-        balancer = GradientGuidedModulation(g.task, g.term, g.params, g.rho, g.delta, g.initial, g.every, g.default, g.max_factor)
     return Distiller(
         student,
         teacher,
         terms if terms is not None else build_terms(cfg.objectives),
         student_view=build_view(cfg.data.student_view, "data.student_view"),
-        balancer=balancer,
+        balancer=build_balancer(cfg.weighting),
     )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,9 @@ from ..batch import Batch
 from ..errors import ConfigError, ShapeError
 from ..registry import TEACHERS
 from .base import Teacher
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 MODES = ("arithmetic", "geometric")
 
@@ -153,3 +157,33 @@ class AnchoredTeacher(Teacher):
 
     def extra_repr(self) -> str:
         return f"strength={self.strength}, mode={self.mode!r}"
+
+
+# -- in a config: teacher: {kind: anchored, anchor, current, strength, mode} -------------------
+def anchored_config() -> type:
+    """The config section of an anchored teacher (made on first use, see :mod:`distillery.registry`);
+    ``anchor`` and ``current`` are teachers of the kinds registered with ``member=True``."""
+    from ..config.base import TeacherCfgBase, Unit, tagged_union
+
+    MemberCfg = tagged_union([cls for _, cls in TEACHERS.sections(member=True)])
+
+    class AnchoredTeacherCfg(TeacherCfgBase):
+        """A target anchored to a base teacher (recursive meta-distillation): ``strength * p +
+        (1 - strength) * q`` (arithmetic) or ``∝ p^strength q^(1 - strength)`` (geometric), where
+        ``anchor`` gives ``p`` and ``current`` gives ``q`` (e.g. a snapshot of the student)."""
+
+        kind: Literal["anchored"]
+        anchor: MemberCfg
+        current: MemberCfg
+        strength: Unit = 0.5
+        mode: Literal["arithmetic", "geometric"] = "arithmetic"
+
+    return AnchoredTeacherCfg
+
+
+@TEACHERS.builder("anchored", config=anchored_config)
+def build_anchored(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    view = ctx.view(cfg, where)
+    anchor = ctx.member(cfg.anchor, f"{where}.anchor")
+    current = ctx.member(cfg.current, f"{where}.current")
+    return AnchoredTeacher(anchor, current, cfg.strength, cfg.mode, view=view)

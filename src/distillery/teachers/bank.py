@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,9 @@ from ..batch import Batch
 from ..errors import ConfigError, ShapeError
 from ..registry import TEACHERS
 from .base import Teacher
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 COMBINES = ("probs", "logits")
 WeightFn = Callable[[Batch, list[dict[str, torch.Tensor]]], torch.Tensor]
@@ -124,3 +128,37 @@ def _broadcast_weights(w: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
     if w.dim() == 1:
         return w.reshape(-1, *trailing)
     return w.t().reshape(w.shape[1], w.shape[0], *trailing)
+
+
+# -- in a config: teacher: {kind: bank, members, weights, combine} -----------------------------
+def bank_config() -> type:
+    """The config section of a teacher bank (made on first use, see :mod:`distillery.registry`);
+    its members are the teacher kinds registered with ``member=True``."""
+    from typing import Annotated
+
+    from pydantic import Field, model_validator
+
+    from ..config.base import TeacherCfgBase, tagged_union
+
+    MemberCfg = tagged_union([cls for _, cls in TEACHERS.sections(member=True)])
+
+    class BankTeacherCfg(TeacherCfgBase):
+        kind: Literal["bank"]
+        members: list[MemberCfg] = Field(min_length=1)
+        weights: list[Annotated[float, Field(ge=0)]] | None = None
+        combine: Literal["probs", "logits"] = "probs"
+
+        @model_validator(mode="after")
+        def _weights_match(self) -> BankTeacherCfg:
+            if self.weights is not None and len(self.weights) != len(self.members):
+                raise ValueError(f"bank has {len(self.members)} members but {len(self.weights)} weights")
+            return self
+
+    return BankTeacherCfg
+
+
+@TEACHERS.builder("bank", config=bank_config)
+def build_bank(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    ctx.view(cfg, where)  # checked, though each member reads its own view
+    members = [ctx.member(m, f"{where}.members.{i}") for i, m in enumerate(cfg.members)]
+    return TeacherBank(members, cfg.weights, cfg.combine)

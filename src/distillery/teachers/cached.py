@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from ..cache.store import (
 from ..registry import TEACHERS
 from .base import Teacher
 from .frozen import FrozenTeacher
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 
 @TEACHERS.register("cached")
@@ -184,6 +187,68 @@ class StudentViewReplay:
 
     def __repr__(self) -> str:
         return f"StudentViewReplay(key={self.key!r}, transform={self.transform!r}, seed={self.seed})"
+
+
+# -- in a config: teacher: {kind: cached, path, source, verify, ...} ---------------------------
+def cached_config() -> type:
+    """The config section of a cached teacher (made on first use, see :mod:`distillery.registry`)."""
+    from pydantic import model_validator
+
+    from ..config.base import PosFloat, PosInt, TeacherCfgBase
+
+    FrozenTeacherCfg = TEACHERS.config_class("frozen")
+
+    class CachedTeacherCfg(TeacherCfgBase):
+        """Teacher outputs read by sample index from a cache built by ``distillery cache build``.
+
+        ``view`` is the teacher's input, as for any teacher (it must be the one the cache was
+        built with). ``source`` (a frozen teacher) is what ``distillery cache build`` runs, and
+        lets a run check the cache's teacher against the config. ``topk``, ``temperature``,
+        ``views``, ``dtype`` and ``shard_size`` are build options (CLI flags override them); a
+        run reads them from the cache's manifest.
+        """
+
+        kind: Literal["cached"]
+        path: str
+        source: FrozenTeacherCfg | None = None
+        verify: Literal["full", "size"] = "full"
+        topk: PosInt | None = None
+        temperature: PosFloat | None = None
+        views: PosInt | None = None
+        dtype: Literal["float16", "float32"] = "float16"
+        shard_size: PosInt = 16384
+
+        @model_validator(mode="after")
+        def _plain_source(self) -> CachedTeacherCfg:
+            if self.source is not None and (self.source.view is not None or self.source.precompute):
+                raise ValueError(
+                    "teacher.source gives the cached teacher's model only: set the teacher's input as "
+                    "teacher.view (not teacher.source.view), and leave teacher.source.precompute out"
+                )
+            return self
+
+        def preflight(self) -> None:
+            """A missing or unreadable cache fails before the run directory is made."""
+            from ..cache.store import read_manifest
+
+            read_manifest(Path(self.path))
+
+    return CachedTeacherCfg
+
+
+@TEACHERS.builder("cached", config=cached_config)
+def build_cached(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    """The cache at ``path``; for a run's own teacher, the cache is checked against the run
+    (:func:`~distillery.cache.checks.check_cached_run`) and, when the teacher saw the student's
+    augmented input, the student's input becomes the replay of that augmentation."""
+    # the view only feeds the evaluation teacher; training reads the cache by sample index
+    teacher = CachedTeacher(cfg.path, verify=cfg.verify, eval_view=ctx.view(cfg, where))
+    if ctx.run is not None:
+        from ..cache.checks import check_cached_run
+
+        run = ctx.run
+        ctx.student_view = check_cached_run(run.config, teacher, run.train_set, run.terms, ctx.input_shape, ctx.num_classes)
+    return teacher
 
 
 __all__ = ["CachedTeacher", "StudentViewReplay"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -13,6 +14,9 @@ from ..errors import ConfigError
 from ..registry import TEACHERS
 from ..weighting import CosineSchedule
 from .base import FrozenModelMixin, Teacher, freeze, run_model
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 BUFFER_MODES = ("copy", "average")
 
@@ -105,3 +109,22 @@ class EMATeacher(FrozenModelMixin, Teacher):
                 t.lerp_(_full(s).to(t.dtype), 1.0 - m)
             else:
                 t.copy_(_full(s))
+
+
+# -- in a config: teacher: {kind: ema, momentum, final_momentum, buffers} ----------------------
+def ema_config() -> type:
+    """The config section of an EMA teacher (made on first use, see :mod:`distillery.registry`)."""
+    from ..config.base import TeacherCfgBase, Unit
+
+    class EMATeacherCfg(TeacherCfgBase):
+        kind: Literal["ema"]
+        momentum: Unit = 0.996
+        final_momentum: Unit | None = 1.0
+        buffers: Literal["copy", "average"] = "copy"
+
+    return EMATeacherCfg
+
+
+@TEACHERS.builder("ema", config=ema_config, member=True)
+def build_ema(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    return EMATeacher(ctx.student, cfg.momentum, cfg.final_momentum, cfg.buffers, view=ctx.view(cfg, where))

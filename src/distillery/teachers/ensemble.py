@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,9 @@ from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import TEACHERS
 from .base import Teacher, eval_mode, run_model
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 AVERAGES = ("probs", "logits")
 
@@ -71,3 +75,35 @@ class SelfEnsembleTeacher(Teacher):
             else:
                 result[name] = stacked.mean(0)
         return result
+
+
+# -- in a config: teacher: {kind: self_ensemble, transforms, average, model} -------------------
+def self_ensemble_config() -> type:
+    """The config section of a self-ensemble teacher (made on first use, see :mod:`distillery.registry`)."""
+    from pydantic import Field
+
+    from ..config.base import ModelCfg, TeacherCfgBase, ViewList
+
+    class SelfEnsembleTeacherCfg(TeacherCfgBase):
+        kind: Literal["self_ensemble"]
+        transforms: list[ViewList] = Field(min_length=1)
+        average: Literal["probs", "logits"] = "probs"
+        model: ModelCfg | None = None
+
+    return SelfEnsembleTeacherCfg
+
+
+@TEACHERS.builder("self_ensemble", config=self_ensemble_config, member=True)
+def build_self_ensemble(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    """Each entry of ``transforms`` is a list of view specs; ``model`` (optional) replaces the student's weights."""
+    from ..data.views import build_view as build_transform
+
+    view = ctx.view(cfg, where)
+    transforms = []
+    for i, spec in enumerate(cfg.transforms):
+        try:
+            transforms.append(build_transform(spec))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.transforms.{i}: {exc}") from None
+    model = ctx.model(cfg.model, where) if cfg.model else None
+    return SelfEnsembleTeacher(transforms, model=model, average=cfg.average, view=view)

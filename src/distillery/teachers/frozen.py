@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -11,6 +12,9 @@ from .. import taps
 from ..batch import Batch
 from ..registry import TEACHERS
 from .base import FrozenModelMixin, Teacher, freeze, run_model
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 
 @TEACHERS.register("frozen")
@@ -73,3 +77,37 @@ class BlackBoxTeacher(Teacher):
     @torch.no_grad()
     def signals(self, inputs: torch.Tensor, batch: Batch, names: Sequence[str]) -> dict[str, torch.Tensor]:
         return taps.output_signals(self.fn(inputs))
+
+
+# -- in a config: teacher: {kind: frozen, model, fit, until, precompute} -----------------------
+def frozen_config() -> type:
+    """The config section of a frozen teacher (made on first use, so that ``import distillery``
+    does not import pydantic; see :mod:`distillery.registry`)."""
+    from ..config.base import ModelCfg, TeacherCfgBase, needs_weights
+    from ..config.training import FitCfg
+
+    class FrozenTeacherCfg(TeacherCfgBase):
+        """A trained model; ``checkpoint`` (safetensors) or ``fit`` (train it first) is required."""
+
+        kind: Literal["frozen"]
+        model: ModelCfg
+        fit: FitCfg | None = None
+        until: str | None = None
+        precompute: bool = False
+        """Run the teacher once over the training set and look its signals up by sample index
+        (exact when the teacher sees un-augmented inputs; much faster)."""
+
+        _needs_weights = needs_weights("frozen")
+
+    return FrozenTeacherCfg
+
+
+@TEACHERS.builder("frozen", config=frozen_config, member=True)
+def build_frozen(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    """The model (trained first when it has no checkpoint); a run's own teacher with
+    ``precompute`` is replaced by its signals over the training set."""
+    view = ctx.view(cfg, where)
+    teacher = FrozenTeacher(ctx.trained_model(cfg.model, cfg.fit, where), until=cfg.until, view=view)
+    if cfg.precompute and ctx.run is not None:
+        return ctx.run.precompute(teacher)
+    return teacher

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -11,6 +12,9 @@ from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import TEACHERS
 from .base import Teacher, eval_mode, run_model
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 
 @TEACHERS.register("privileged")
@@ -47,3 +51,33 @@ class PrivilegedTeacher(Teacher):
     def signals(self, inputs: torch.Tensor, batch: Batch, names: Sequence[str]) -> dict[str, torch.Tensor]:
         with eval_mode(self._net(), self.eval_mode) as net:
             return run_model(net, inputs, names)
+
+
+# -- in a config: teacher: {kind: privileged, view, model, fit, eval_mode} ---------------------
+def privileged_config() -> type:
+    """The config section of a privileged-view teacher (made on first use, see :mod:`distillery.registry`)."""
+    from ..config.base import ModelCfg, TeacherCfgBase, ViewCfg
+    from ..config.training import FitCfg
+
+    class PrivilegedTeacherCfg(TeacherCfgBase):
+        kind: Literal["privileged"]
+        view: ViewCfg  # required: what the teacher sees
+        model: ModelCfg | None = None
+        fit: FitCfg | None = None
+        eval_mode: bool = True
+
+    return PrivilegedTeacherCfg
+
+
+@TEACHERS.builder("privileged", config=privileged_config, member=True)
+def build_privileged(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    """The student's own weights on ``view``, or a separate ``model`` (trained by ``fit`` when it has no checkpoint)."""
+    view = ctx.view(cfg, where)
+    model = None
+    if cfg.model is not None:
+        model = ctx.model(cfg.model, where)
+        if cfg.model.checkpoint is None:
+            if cfg.fit is None:
+                raise ConfigError(f"{where}: a separate privileged model needs model.checkpoint or fit.")
+            model = ctx.fit_teacher(model, cfg.fit, where)
+    return PrivilegedTeacher(view=view, model=model, eval_mode=cfg.eval_mode)

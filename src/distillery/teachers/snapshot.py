@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -13,6 +14,9 @@ from ..errors import ConfigError
 from ..registry import TEACHERS
 from .base import FrozenModelMixin, Teacher, freeze, run_model
 from .ema import unwrap
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 
 @TEACHERS.register("snapshot")
@@ -50,3 +54,20 @@ class SnapshotTeacher(FrozenModelMixin, Teacher):
     def update(self, student: nn.Module, step: int) -> None:
         if self.every is not None and step % self.every == 0:
             self.snapshot(student, step)
+
+
+# -- in a config: teacher: {kind: snapshot, every} ---------------------------------------------
+def snapshot_config() -> type:
+    """The config section of a snapshot teacher (made on first use, see :mod:`distillery.registry`)."""
+    from ..config.base import PosInt, TeacherCfgBase
+
+    class SnapshotTeacherCfg(TeacherCfgBase):
+        kind: Literal["snapshot"]
+        every: PosInt | None = None
+
+    return SnapshotTeacherCfg
+
+
+@TEACHERS.builder("snapshot", config=snapshot_config, member=True)
+def build_snapshot(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    return SnapshotTeacher(ctx.student, cfg.every, view=ctx.view(cfg, where))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from ..batch import Batch
 from ..errors import ConfigError, ShapeError
 from ..registry import TEACHERS
 from .base import FrozenModelMixin, Teacher, freeze, run_model
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 __all__ = ["DenseTTATeacher", "GridWarp", "grid_warps"]
 
@@ -165,3 +169,40 @@ class DenseTTATeacher(FrozenModelMixin, Teacher):
                 ones = torch.ones((), device=t.device) if valid is None else valid.float()
                 counts[name] = counts[name] + ones if name in counts else ones.clone()
         return {name: sums[name] / counts[name] for name in sums}
+
+
+# -- in a config: teacher: {kind: tta_dense, model, fit, patch, shifts, flip, prefix_tokens} ---
+def tta_dense_config() -> type:
+    """The config section of a dense TTA teacher (made on first use, see :mod:`distillery.registry`)."""
+    from ..config.base import ModelCfg, NonNegInt, PosInt, TeacherCfgBase, needs_weights
+    from ..config.training import FitCfg
+
+    class TTADenseTeacherCfg(TeacherCfgBase):
+        """A frozen model whose dense (token) signals are averaged over whole-patch shifts and flips
+        of the input, each warped back onto the patch grid (PH-Reg's denoised targets). ``patch`` is
+        the model's patch size; the grid is the input size divided by it."""
+
+        kind: Literal["tta_dense"]
+        model: ModelCfg
+        fit: FitCfg | None = None
+        patch: PosInt | tuple[PosInt, PosInt]
+        shifts: NonNegInt = 1
+        flip: bool = True
+        prefix_tokens: NonNegInt = 1
+
+        _needs_weights = needs_weights("tta_dense")
+
+    return TTADenseTeacherCfg
+
+
+@TEACHERS.builder("tta_dense", config=tta_dense_config)
+def build_tta_dense(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    """The model (trained first when it has no checkpoint) on the patch grid of the run's images ``(C, H, W)``."""
+    view = ctx.view(cfg, where)
+    model = ctx.trained_model(cfg.model, cfg.fit, where)
+    shape = tuple(ctx.input_shape)
+    patch = (cfg.patch, cfg.patch) if isinstance(cfg.patch, int) else tuple(cfg.patch)
+    if len(shape) != 3 or shape[1] % patch[0] or shape[2] % patch[1]:
+        raise ConfigError(f"{where}.patch: {cfg.patch} must divide the image size of inputs {shape} (C, H, W).")
+    grid = (shape[1] // patch[0], shape[2] // patch[1])
+    return DenseTTATeacher(model, grid, patch, cfg.shifts, cfg.flip, cfg.prefix_tokens, view=view)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from ..errors import ConfigError, ShapeError
 from ..registry import TEACHERS
 from .base import FrozenModelMixin, Teacher, freeze, run_model
 from .ema import unwrap
+
+if TYPE_CHECKING:
+    from ..engine.build import TeacherContext
 
 VOTES = ("soft", "majority")
 
@@ -139,3 +143,24 @@ class VotingSnapshotTeacher(FrozenModelMixin, Teacher):
             for name, value in out.items():
                 result[f"{i}/{name}"] = value
         return result
+
+
+# -- in a config: teacher: {kind: voting_snapshots, size, every, vote} -------------------------
+def voting_config() -> type:
+    """The config section of a voting snapshot teacher (made on first use, see :mod:`distillery.registry`)."""
+    from ..config.base import PosInt, TeacherCfgBase
+
+    class VotingSnapshotTeacherCfg(TeacherCfgBase):
+        """The ``size`` most recent snapshots of the student (one every ``every`` steps), voting (SD-DARTS)."""
+
+        kind: Literal["voting_snapshots"]
+        size: PosInt = 3
+        every: PosInt | None = 1
+        vote: Literal["soft", "majority"] = "soft"
+
+    return VotingSnapshotTeacherCfg
+
+
+@TEACHERS.builder("voting_snapshots", config=voting_config)
+def build_voting(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+    return VotingSnapshotTeacher(ctx.student, cfg.size, cfg.every, cfg.vote, view=ctx.view(cfg, where))

@@ -11,13 +11,15 @@
   :mod:`.similarity` (task-similarity weights of DistillWeighted), :mod:`.block_accuracy`
   (Momentum-GS's reconstruction-guided block weighting).
 
-Every class registers itself in :data:`distillery.registry.WEIGHTINGS` under its config kind.
+Every class registers itself in :data:`distillery.registry.WEIGHTINGS` under its config kind;
+the schedules and balancers also register their config sections (``role="schedule"``: a
+term's ``weight: {kind: ...}``; ``role="balancer"``: a key of the run's ``weighting``), which
+the config schema collects and :mod:`distillery.engine.build` builds through the registry.
 """
 
-from .block_accuracy import BlockAccuracyWeight
-from .gam import GradientGuidedModulation
-from .gradnorm import GradNormBalancer
-from .mix import GroundTruthMix
+# The order of these imports is the order in which the sections register, which is the order
+# of the keys of ``weighting`` and of the kinds in error messages. Keep it when sorting imports.
+# isort: off
 from .schedules import (
     Constant,
     CosineSchedule,
@@ -27,6 +29,11 @@ from .schedules import (
     StepSchedule,
     as_schedule,
 )
+from .gradnorm import GradNormBalancer
+from .gam import GradientGuidedModulation
+from .block_accuracy import BlockAccuracyWeight
+from .mix import GroundTruthMix
+# isort: on
 
 __all__ = [
     "Schedule",

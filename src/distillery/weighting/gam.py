@@ -89,7 +89,32 @@ def gradient_share(grads_inside: Sequence[torch.Tensor | None], grads_all: Seque
     return inside / total if total > 0 and math.isfinite(total) else 0.0
 
 
-@WEIGHTINGS.register("gam")
+def gam_config() -> type:
+    """The section ``weighting: {gam: {task, term, params, ...}}`` (keys: the constructor's
+    arguments; made on first use, so that ``import distillery`` does not import pydantic)."""
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from ..config.base import PosFloat, PosInt, Strict
+
+    class GamCfg(Strict):
+        """RT-DETRv4's Gradient-guided Adaptive Modulation (:class:`distillery.weighting.gam.GradientGuidedModulation`)."""
+
+        task: str
+        term: str
+        params: str
+        rho: Annotated[float, Field(gt=0, lt=1)] = 0.11
+        delta: Annotated[float, Field(ge=0, lt=1)] = 0.01
+        initial: PosFloat = 1.0
+        every: PosInt = 100
+        default: PosFloat | None = None
+        max_factor: Annotated[float, Field(gt=1)] = 10.0
+
+    return GamCfg
+
+
+@WEIGHTINGS.register("gam", config=gam_config, role="balancer")
 class GradientGuidedModulation:
     """RT-DETRv4's GAM as a distiller balancer: modulates the weight of one distillation term.
 

@@ -14,7 +14,28 @@ from ..errors import ConfigError
 from ..registry import WEIGHTINGS
 
 
-@WEIGHTINGS.register("gradnorm")
+def gradnorm_config() -> type:
+    """The section ``weighting: {gradnorm: {task, ratios, ...}}`` (keys: the constructor's
+    arguments; made on first use, so that ``import distillery`` does not import pydantic)."""
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from ..config.base import PosFloat, PosInt, Strict
+
+    class GradNormCfg(Strict):
+        task: str
+        ratios: dict[str, PosFloat]
+        params: str = ""
+        every: PosInt = 1
+        momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+        min_weight: Annotated[float, Field(ge=0)] = 0.0
+        max_weight: PosFloat = 1e4
+
+    return GradNormCfg
+
+
+@WEIGHTINGS.register("gradnorm", config=gradnorm_config, role="balancer")
 class GradNormBalancer:
     """Keep each term's gradient norm at a target ratio to the task term's (gradient-norm balancing).
 

@@ -1,10 +1,17 @@
 """Schedules: a term's weight as a function of the optimizer step (:class:`Constant`,
-:class:`LinearWarmup`, :class:`CosineWarmup`, :class:`StepSchedule`, :class:`CosineSchedule`)."""
+:class:`LinearWarmup`, :class:`CosineWarmup`, :class:`StepSchedule`, :class:`CosineSchedule`).
+
+In a config a schedule is written where a number is, e.g. a term's
+``weight: {kind: linear_warmup, value: 1.0, warmup_steps: 500}``; the keys are the
+constructor's arguments (the sections are made by :func:`schedule_configs`).
+"""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 from ..errors import ConfigError
 from ..registry import WEIGHTINGS
@@ -17,7 +24,42 @@ class Schedule:
         raise NotImplementedError
 
 
-@WEIGHTINGS.register("constant")
+@functools.cache
+def schedule_configs() -> dict[str, type]:
+    """The config section of each schedule kind (made on first use: pydantic is imported with
+    the config schema, not with ``import distillery``)."""
+    from ..config.base import NonNegInt, PosInt, Strict
+
+    class ConstantCfg(Strict):
+        kind: Literal["constant"]
+        value: float = 1.0
+
+    class WarmupCfg(Strict):
+        kind: Literal["linear_warmup", "cosine_warmup"]
+        value: float = 1.0
+        warmup_steps: NonNegInt = 0
+        start: float = 0.0
+
+    class StepCfg(Strict):
+        kind: Literal["step"]
+        value: float = 1.0
+        milestones: list[NonNegInt] = []
+        gamma: float = 0.1
+
+    class CosineCfg(Strict):
+        kind: Literal["cosine"]
+        start: float
+        end: float
+        total_steps: PosInt
+
+    return {"constant": ConstantCfg, "linear_warmup": WarmupCfg, "cosine_warmup": WarmupCfg, "step": StepCfg, "cosine": CosineCfg}
+
+
+def _section(kind: str) -> Callable[[], type]:
+    return lambda: schedule_configs()[kind]
+
+
+@WEIGHTINGS.register("constant", config=_section("constant"), role="schedule")
 class Constant(Schedule):
     """Constant weight ``value`` at every step."""
 
@@ -33,7 +75,7 @@ class Constant(Schedule):
         return f"Constant({self.value})"
 
 
-@WEIGHTINGS.register("linear_warmup")
+@WEIGHTINGS.register("linear_warmup", config=_section("linear_warmup"), role="schedule")
 class LinearWarmup(Schedule):
     """Linear ramp from ``start`` to ``value`` over ``warmup_steps``, then ``value``.
 
@@ -51,7 +93,7 @@ class LinearWarmup(Schedule):
         return self.start + (self.value - self.start) * step / self.warmup_steps
 
 
-@WEIGHTINGS.register("cosine_warmup")
+@WEIGHTINGS.register("cosine_warmup", config=_section("cosine_warmup"), role="schedule")
 class CosineWarmup(Schedule):
     """Half-cosine ramp from ``start`` to ``value`` over ``warmup_steps``, then ``value``.
 
@@ -69,7 +111,7 @@ class CosineWarmup(Schedule):
         return self.start + (self.value - self.start) * (1 - math.cos(math.pi * step / self.warmup_steps)) / 2
 
 
-@WEIGHTINGS.register("step")
+@WEIGHTINGS.register("step", config=_section("step"), role="schedule")
 class StepSchedule(Schedule):
     """Piecewise constant: ``value * gamma ** (number of milestones <= step)``."""
 
@@ -81,7 +123,7 @@ class StepSchedule(Schedule):
         return self.value * self.gamma**passed
 
 
-@WEIGHTINGS.register("cosine")
+@WEIGHTINGS.register("cosine", config=_section("cosine"), role="schedule")
 class CosineSchedule(Schedule):
     """Cosine interpolation from ``start`` (step 0) to ``end`` (step ``total_steps``).
 
