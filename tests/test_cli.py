@@ -100,7 +100,9 @@ def test_resume_without_checkpoint_is_refused(tmp_path, capsys):
     empty.mkdir()
     (empty / "config.yaml").write_text("x: 1\n")
     msg = _user_error(capsys, ["run", str(cfg), "--out", str(empty), "--resume"])
-    assert "holds no checkpoint to resume from" in msg
+    # issue 10: a run stopped before its first checkpoint resumes from the start, but only with
+    # the config it was started with; this folder's config is not that one
+    assert "the config differs from the one the run" in msg and "x: 1 in the run" in msg
 
 
 def test_bad_config_names_the_key(tmp_path, capsys):
@@ -342,3 +344,61 @@ def test_list_shows_the_bundled_configs(capsys):
     section = out.split("configs (bundled;")[1]
     assert "  kd_mnist1d " in section and "recipe hinton_kd" in section
     assert "  dino_digits " in section and "  cached_kd_mnist1d " in section  # configs without a recipe too
+
+
+def _component_block(out: str, name: str) -> str:
+    """The lines 'distillery list --params' prints for component ``name``."""
+    import re
+
+    return re.split(r"\n(?=  \S|\n)", out.split(f"\n  {name}  ", 1)[1], maxsplit=1)[0]
+
+
+def test_list_params_shows_every_dataset_view_and_model_with_types_defaults_and_meanings(capsys):
+    from distillery import registry
+
+    assert main(["list", "--params"]) == 0
+    out = capsys.readouterr().out
+    for section, reg in (("datasets:", registry.DATASETS), ("views:", registry.VIEWS), ("models:", registry.MODELS)):
+        assert section in out
+        for name in reg.names():
+            assert f"\n  {name}  " in out, name
+    block = _component_block(out, "image_folder")
+    for line in ("path: str | os.PathLike  (required)", "test_path: str | os.PathLike | None = null",
+                 "test_fraction: float = 0.2", "size: int | tuple[int, int] | None = null",
+                 "grayscale: bool | None = null", "seed: int = 0"):
+        assert f"\n      {line}\n" in block, line
+    assert "one channel (true), RGB (false)" in block  # the meaning, from the docstring's Args section
+    assert "``" not in out
+    cnn = _component_block(out, "cnn2d")
+    assert "input_shape: Sequence[int]  (given by the dataset)" in cnn and "channels: Sequence[int] = [32, 64, 64]" in cnn
+    assert "extra_stages: int | None = null" in cnn
+
+
+def test_list_params_of_one_component_and_an_unknown_name(capsys):
+    assert main(["list", "--params", "npz"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dataset:\n  npz  ") and "models:" not in out and "image_folder" not in out
+    assert "x_test" in out and "seed: int = 0" in out
+    msg = _user_error(capsys, ["list", "--params", "imagefolder"])
+    assert "'imagefolder'" in msg and "Did you mean 'image_folder'?" in msg
+
+
+def test_docstring_args_reads_google_style_entries():
+    from distillery.config.describe import docstring_args, yaml_value
+
+    doc = """Summary.
+
+    Args:
+        path: the ``.npz`` file, e.g. ``data.npz``. More detail
+            that is left out.
+        low, high (float): the range
+            drawn from.
+
+        seed: after a blank line, still in the section.
+
+    Returns the splits.
+    """
+    assert docstring_args(doc) == {"path": "the `.npz` file, e.g. `data.npz`.", "low": "the range drawn from.",
+                                   "high": "the range drawn from.", "seed": "after a blank line, still in the section."}
+    assert docstring_args(None) == {} and docstring_args("No sections.") == {}
+    assert [yaml_value(v) for v in (None, True, (1, 2), "batch", "", 0.5)] == ["null", "true", "[1, 2]", "batch", "''", "0.5"]
