@@ -3,6 +3,7 @@
 ::
 
     distillery run CONFIG|NAME [--set key=value ...] [--out DIR] [--resume | --overwrite]
+    distillery validate CONFIG|NAME [--set key=value ...]
     distillery demo [--quick] [--out DIR] [--overwrite]
     distillery list [--params [NAME]]
     distillery report RUN_DIR
@@ -44,6 +45,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     parts = [f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float)]
     print(f"run finished: {out}  ({summary['steps']} steps, {summary['wall_s']:.1f}s)  " + "  ".join(parts))
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .config import bundled, load_config
+    from .validate import validate
+
+    path = bundled.resolve(args.config)
+    cfg = load_config(path, args.set)
+    print("\n".join(validate(cfg, name=f"{cfg.name or path.stem} ({path})").lines()))
     return 0
 
 
@@ -194,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("validate", help="check a config without training: build data and models, run one batch, print shapes")
+    p.add_argument("config", help="a YAML config file, or the name of a bundled config such as kd_mnist1d (see 'distillery list')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.batch_size=8 (repeatable)")
+    p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("demo", help="MNIST-1D: teacher, then CE / KD / KD+unlabeled students over 3 seeds")
     p.add_argument("--quick", action="store_true", help="a short version (about a minute) for a smoke check")

@@ -274,6 +274,30 @@ class Distiller(nn.Module):
         out.update({n: v.detach() for n, v in values.items()})
         return out
 
+    def term_values(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The unweighted value of every term on one batch, ``{<term>: scalar}``, each with its
+        autograd graph (for gradient diagnostics such as
+        :func:`distillery.recipes.gam.calibrate_rho`). Nothing else happens: no weighting, no
+        step counted, no objective state (queues, centers) queued for :meth:`update`. Call
+        :meth:`prepare` first when terms have adapters."""
+        values = self._forward_terms(batch)
+        self._pending.pop()  # this forward is not a training step: its state updates are dropped
+        return values
+
+    def dry_step(self, batch: Batch) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """One batch through student and teacher as :meth:`step` runs it (views, taps, adapters,
+        ground-truth mixing), with nothing changed: no weighting, no step counted, no objective
+        state (queues, centers) queued for :meth:`update`. Call :meth:`prepare` first.
+
+        Returns ``(signals, values)``: the signals the terms read, ``{"student": {name: tensor},
+        "teacher": {name: tensor}}`` (names as in the terms' references, e.g. ``logits``,
+        ``blocks.1``), and every term's unweighted value (``distillery validate`` prints both).
+        """
+        signals: dict[str, dict[str, torch.Tensor]] = {}
+        values = self._forward_terms(batch, signals_out=signals)
+        self._pending.pop()  # not a training step: its state updates are dropped
+        return signals, values
+
     @staticmethod
     def raise_if_not_finite(values: dict[str, torch.Tensor], step: int, anywhere: bool = False) -> None:
         """Raise :class:`NonFiniteLossError` naming the first non-finite term and the step.
@@ -316,7 +340,9 @@ class Distiller(nn.Module):
             raise ConfigError(f"gradnorm: no trainable student parameters under {prefix!r}.")
         return params
 
-    def _forward_terms(self, batch: Batch, create_adapters: bool = False) -> dict[str, torch.Tensor]:
+    def _forward_terms(
+        self, batch: Batch, create_adapters: bool = False, signals_out: dict | None = None
+    ) -> dict[str, torch.Tensor]:
         step = int(self.global_step)
         x_s = self.student_view(batch) if self.student_view is not None else batch["x"]
         call = self._wrapper[0] if self._wrapper else None
@@ -332,6 +358,8 @@ class Distiller(nn.Module):
             with torch.no_grad():
                 t_sig = self.teacher.signals(x_t, batch, self.teacher_names)
         signals = {"student": s_sig, "teacher": t_sig, "batch": batch}
+        if signals_out is not None:
+            signals_out.update(student=s_sig, teacher=t_sig)
         values: dict[str, torch.Tensor] = {}
         pending: dict[str, dict[str, torch.Tensor]] = {}
         for term in self.terms:
