@@ -438,3 +438,21 @@ def test_precomputed_lookup_and_index_errors():
         PrecomputedTeacher({"a": torch.zeros(3), "b": torch.zeros(4)})
     with pytest.raises(ConfigError, match="no signal"):
         PrecomputedTeacher.from_model(mlp(0), TensorDataset(torch.randn(2, 4)), names=["embedding"])
+
+
+def test_ema_momentum_is_constant_unless_a_final_momentum_is_given():
+    """Issue 10: users of Mean Teacher expect a constant momentum; the ramp is an explicit choice."""
+    student = nn.Linear(1, 1)
+    teacher = EMATeacher(student, momentum=0.99)
+    teacher.bind(student)
+    teacher.set_total_steps(100)
+    set_linear(student, [[0.0]], [0.0])
+    set_linear(teacher.model, [[1.0]], [0.0])
+    teacher.update(student, step=99)  # late in training: still 0.99, not ~1.0
+    assert float(teacher.model.weight) == pytest.approx(0.99)
+    ramped = EMATeacher(student, momentum=0.99, final_momentum=1.0)
+    ramped.bind(student)
+    ramped.set_total_steps(100)
+    set_linear(ramped.model, [[1.0]], [0.0])
+    ramped.update(student, step=99)
+    assert float(ramped.model.weight) > 0.9999

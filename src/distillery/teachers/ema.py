@@ -36,10 +36,11 @@ class EMATeacher(FrozenModelMixin, Teacher):
     """Teacher whose weights are an EMA of the student's (Tarvainen & Valpola 2017; DINO).
 
     After every optimizer step ``k`` (1-based), each teacher parameter moves toward the
-    student's: ``theta_t <- m_k * theta_t + (1 - m_k) * theta_s``. The momentum follows a
-    cosine schedule from ``momentum`` (m0) at step 0 to ``final_momentum`` (m1) at the last
-    step, ``m_k = m1 - (m1 - m0) * (1 + cos(pi * k / K)) / 2`` (BYOL, DINO); with
-    ``final_momentum=None`` or an unknown step count ``K`` it stays at m0.
+    student's: ``theta_t <- m_k * theta_t + (1 - m_k) * theta_s``. By default the momentum
+    is constant, ``m_k = momentum`` (Mean Teacher, MoCo, ALBEF). Giving ``final_momentum``
+    (m1) makes it follow a cosine schedule from ``momentum`` (m0) at step 0 to m1 at the last
+    step, ``m_k = m1 - (m1 - m0) * (1 + cos(pi * k / K)) / 2`` (BYOL, DINO: 0.996 -> 1.0, which
+    freezes the teacher late in training); with an unknown step count ``K`` it stays at m0.
 
     Buffers (BatchNorm running statistics and counters):
 
@@ -63,7 +64,7 @@ class EMATeacher(FrozenModelMixin, Teacher):
         self,
         student: nn.Module,
         momentum: float = 0.996,
-        final_momentum: float | None = 1.0,
+        final_momentum: float | None = None,
         buffers: str = "copy",
         view=None,
     ) -> None:
@@ -119,7 +120,8 @@ def ema_config() -> type:
     class EMATeacherCfg(TeacherCfgBase):
         kind: Literal["ema"]
         momentum: Unit = 0.996
-        final_momentum: Unit | None = 1.0
+        final_momentum: Unit | None = None
+        """None (default): a constant momentum; a value: a cosine ramp from momentum to it (BYOL, DINO)."""
         buffers: Literal["copy", "average"] = "copy"
 
     return EMATeacherCfg
