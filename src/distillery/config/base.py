@@ -10,18 +10,69 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
 Unit = Annotated[float, Field(ge=0, le=1)]
+"""A number in [0, 1] (a probability, a mixing coefficient)."""
+UnitOpen = Annotated[float, Field(ge=0, lt=1)]
+"""A number in [0, 1): a decay or momentum, where 1 would freeze what it averages."""
+
+MAX_BATCH = 2**20
+"""The largest batch a config may ask for (about a million samples)."""
+
+
+def _batch(value: int) -> int:
+    if value > MAX_BATCH:
+        raise ValueError(
+            f"at most {MAX_BATCH} (2**20) samples per batch, got {value}; a batch that large cannot "
+            "be held in memory (to train on more samples per step, use train.grad_accum)"
+        )
+    return value
+
+
+BatchSize = Annotated[int, Field(gt=0), AfterValidator(_batch)]
+"""A number of samples per batch: 1 to 2**20."""
+
+
+def _weight(value: float) -> float:
+    if value < 0:
+        raise ValueError(
+            f"a term's weight must be >= 0, got {value!r}: a negative weight would maximise the term "
+            "instead of minimising it (use 0 to switch a term off)"
+        )
+    return value
+
+
+Weight = Annotated[float, AfterValidator(_weight)]
+"""A loss term's weight (or a schedule's value): a finite number >= 0."""
+
+
+def pair(item: Any) -> Any:
+    """``tuple[item, item]`` that a YAML list (or a tuple) fills; the items stay strict."""
+    return Annotated[tuple[item, item], Field(strict=False)]
 
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors; values are not silently coerced across types."""
+    """Base of every config section: unknown keys are errors and nothing is coerced.
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    Strict mode: a string or a boolean never becomes a number (``lr: "1e-3"`` and
+    ``epochs: true`` are refused), a number never becomes a string or a boolean, and a float
+    never becomes an int (``epochs: 2.0``); an int fills a float field, and a list fills a
+    tuple field declared with :func:`pair`. NaN and infinite numbers are refused in every
+    float field (``allow_inf_nan=False``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
 
 
 def tagged_union(classes: list[type]) -> Any:
@@ -38,7 +89,7 @@ ViewList = list[dict[str, Any]]
 class ViewCfg(Strict):
     """Where a model's input comes from: a batch ``key`` passed through ``transforms``."""
 
-    key: str = "x"
+    key: Annotated[str, Field(min_length=1)] = "x"
     transforms: ViewList = []
 
 
@@ -93,17 +144,23 @@ def needs_weights(kind: str) -> Any:
 
 
 __all__ = [
+    "MAX_BATCH",
+    "BatchSize",
     "ModelCfg",
+    "NonNegFloat",
     "NonNegInt",
     "PosFloat",
     "PosInt",
     "Strict",
     "TeacherCfgBase",
     "Unit",
+    "UnitOpen",
     "ViewCfg",
     "ViewList",
+    "Weight",
     "as_view",
     "needs_weights",
+    "pair",
     "tagged_union",
     "view_fields",
 ]

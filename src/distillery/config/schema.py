@@ -2,9 +2,12 @@
 
 Every key is checked on load: an unknown key, a wrong type or a value out of range is a
 :class:`~distillery.errors.ConfigError` that names the key (``train.optimizer.lr``) and what
-is allowed. ``--set a.b=value`` overrides are applied before validation (values are parsed
-as YAML, so ``--set train.epochs=3`` gives an int and ``--set teacher=null`` removes a key's
-value); list items are addressed by index (``objectives.1.weight=0.5``).
+is allowed. Nothing is coerced (see :class:`~distillery.config.base.Strict`): ``"1e-3"`` in
+quotes is a string, not a number, and ``true`` is not an int. ``--set a.b=value`` overrides
+are applied before validation (values are parsed as YAML, so ``--set train.epochs=3`` gives
+an int and ``--set teacher=null`` removes a key's value); list items are addressed by index
+(``objectives.1.weight=0.5``). Files and ``--set`` values read numbers as YAML 1.2 does:
+``1e-3`` (no dot) is a number, where PyYAML's YAML 1.1 would read the string ``"1e-3"``.
 
 The sections that name a component by its kind are not written here: each teacher kind,
 schedule and balancer defines its config class next to its code and registers it (see
@@ -30,16 +33,25 @@ A complete example (``configs/kd_mnist1d.yaml``)::
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from .. import teachers  # noqa: F401  (importing registers the teacher kinds and their sections)
 from ..errors import ConfigError
 from ..registry import TEACHERS, WEIGHTINGS
 from .base import (  # noqa: F401  (re-exported: ``from distillery.config import ViewCfg``)
+    BatchSize,
     ModelCfg,
     NonNegInt,
     PosFloat,
@@ -61,6 +73,7 @@ from .training import (  # noqa: F401  (re-exported)
     SchedulerCfg,
     TermCfg,
     TrainCfg,
+    check_some_weight,
 )
 
 # -- the sections components register --------------------------------------------------------
@@ -90,15 +103,19 @@ WeightingCfg = create_model(
 
 
 # -- data and the run ------------------------------------------------------------------------
+MAX_WORKERS = 1024
+"""The most data-loading processes a config may start."""
+
+
 class DataCfg(Strict):
     dataset: str = "mnist1d"
     params: dict[str, Any] = {}
-    batch_size: PosInt = 128
-    eval_batch_size: PosInt = 1024
+    batch_size: BatchSize = 128
+    eval_batch_size: BatchSize = 1024
     unlabeled: bool = False
     student_view: ViewCfg | None = None
     eval_view: ViewCfg | None = None
-    num_workers: NonNegInt = 0
+    num_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] = 0
     drop_last: bool = False
 
     _coerce_views = view_fields("student_view", "eval_view")
@@ -108,13 +125,19 @@ class RunConfig(Strict):
     """A whole run: data, student, teacher, objectives, weighting, training."""
 
     name: str | None = None
-    seed: int = 0
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] = 0
+    """Any integer torch accepts as a seed."""
     data: DataCfg = DataCfg()
     student: ModelCfg
     teacher: TeacherCfg | None = None
     objectives: list[TermCfg] = Field(min_length=1)
     weighting: WeightingCfg = WeightingCfg()
     train: TrainCfg = TrainCfg()
+
+    @field_validator("objectives")
+    @classmethod
+    def _trains_something(cls, objectives: list[TermCfg]) -> list[TermCfg]:
+        return check_some_weight(objectives)
 
     @model_validator(mode="after")
     def _unique_names(self) -> RunConfig:
@@ -143,7 +166,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"--set expects key=value, got {item!r} (for example --set train.epochs=3).")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text)
+            value = read_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: cannot parse value {text!r} as YAML: {exc}") from None
         parts = key.strip().split(".")
@@ -176,12 +199,30 @@ def _index(node: list, part: str, where: str) -> int:
     return int(part)
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads exponent numbers without a dot (``1e-3``,
+    ``5E+4``, ``2.5e3``) as floats, as YAML 1.2 and every other YAML parser do; PyYAML's
+    YAML 1.1 rules read them as strings, which the strict schema would refuse."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`YamlLoader` (safe: plain data only)."""
+    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader: plain data only
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -211,20 +252,46 @@ def dump_config(cfg: RunConfig) -> str:
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     errors = exc.errors()
-    for err in errors:
+    # drop the union tags pydantic inserts (e.g. 'frozen' for the discriminated teacher)
+    paths = [_strip_tags([str(p) for p in err["loc"]]) for err in errors]
+    for err, path_parts in zip(errors, paths):
         loc = [str(p) for p in err["loc"]]
-        if loc and loc[-1] in ("float", "int") and isinstance(err.get("input"), dict) and len(errors) > 1:
-            continue  # "weight: 0.5 | {kind: ...}": the mapping branch's error is the useful one
-        # drop the union tags pydantic inserts (e.g. 'frozen' for the discriminated teacher)
-        path = ".".join(_strip_tags(loc))
+        siblings = sum(1 for other in paths if other[: len(path_parts)] == path_parts) > 1
+        if siblings and _other_branch(err):
+            continue  # "weight: 0.5 | {kind: ...}": the error of the branch the value's shape selects is the useful one
+        path = ".".join(path_parts)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(_strip_tags(loc[:-1]), loc)
             msg = f"unknown key{'; allowed keys: ' + ', '.join(allowed) if allowed else ''}"
         elif "input" in err and err["type"] not in ("missing", "value_error") and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {err['input']!r}){_quoted_number_hint(err)}"
         lines.append(f"{path or '<top>'}: {msg}")
     return f"Invalid config ({source}): " + "; ".join(lines) + "."
+
+
+_SCALAR_TYPES = ("float_type", "int_type", "bool_type", "string_type", "tuple_type", "list_type")
+_MAPPING_TYPES = ("model_attributes_type", "model_type", "dict_type")
+
+
+def _other_branch(err: Any) -> bool:
+    """Whether ``err`` comes from the member of a union ``number | section`` that the value's
+    shape does not select: a number's branch seeing a mapping, or a section's seeing a number."""
+    if isinstance(err.get("input"), dict):
+        return err["type"] in _SCALAR_TYPES
+    return err["type"] in _MAPPING_TYPES
+
+
+def _quoted_number_hint(err: Any) -> str:
+    """For a string where a number belongs, when the string reads as one: say that it is quoted."""
+    value = err.get("input")
+    if err["type"] not in ("float_type", "int_type") or not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return f"; a number in quotes is a string: write {value} without quotes"
 
 
 _TAGS = {
@@ -235,8 +302,11 @@ _TAGS = {
 tagged section, the type of a plain one); they are left out of the key path a message names."""
 
 
+_TAG_PREFIXES = ("function-", "tagged-union", "union[", "constrained-", "tuple[", "list[", "dict[", "nullable[")
+
+
 def _strip_tags(loc: list[str]) -> list[str]:
-    return [p for p in loc if p not in _TAGS and not p.startswith(("function-", "tagged-union", "union["))]
+    return [p for p in loc if p not in _TAGS and not p.startswith(_TAG_PREFIXES)]
 
 
 def _allowed_keys(path: list[str], raw_loc: list[str]) -> list[str]:

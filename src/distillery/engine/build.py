@@ -45,16 +45,115 @@ def build_view(cfg: ViewCfg | None, where: str) -> BatchView | None:
 
 
 def build_model(cfg: ModelCfg, input_shape: tuple[int, ...], num_classes: int, where: str) -> nn.Module:
-    """The network of ``cfg``; loads ``cfg.checkpoint`` (safetensors) when given."""
+    """The network of ``cfg``; loads ``cfg.checkpoint`` (safetensors) when given.
+
+    A registered model is first built on the meta device (no memory, no random numbers drawn,
+    so the seeded initial weights are unchanged) to count its parameters: one too large for
+    this machine's memory is a ConfigError naming its size before anything is allocated. A
+    build that still fails for lack of memory, or on an impossible size (a negative or
+    overflowing dimension), is a ConfigError too."""
     from ..models import build_model as _build
 
+    count = None
     try:
+        _check_int64(cfg.params, f"model {cfg.name!r}: params")
+        sizes = _meta_sizes(cfg, input_shape, num_classes)
+        if sizes is not None:
+            count = sizes[0]
+            _check_fits(cfg, *sizes)
         model = _build(cfg.name, input_shape=input_shape, num_classes=num_classes, **cfg.params)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except (RuntimeError, MemoryError, OverflowError) as exc:
+        size = f" It would have {count:,} parameters." if count is not None else ""
+        raise ConfigError(
+            f"{where}: model {cfg.name!r} with params {cfg.params} cannot be built: "
+            f"{type(exc).__name__}: {_first_line(exc)}.{size} Check its sizes (widths, depths, channels)."
+        ) from None
     if cfg.checkpoint is not None:
         ckpt.load_weights(model, Path(cfg.checkpoint), what=f"{where} ({cfg.name})")
     return model
+
+
+def _check_int64(value: Any, where: str) -> None:
+    """Refuse an integer that no tensor size can hold (torch sizes are 64-bit)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_int64(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_int64(item, f"{where}.{i}")
+    elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ConfigError(f"{where} is {value}, which does not fit a 64-bit integer (no tensor can have that size).")
+
+
+def _meta_sizes(cfg: ModelCfg, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, int] | None:
+    """``(parameters, bytes of parameters and buffers)`` of the registered model ``cfg``,
+    built on the meta device; ``None`` for an import path (user code is not run twice) or when
+    the model cannot be built there. The random number generators are restored afterwards,
+    whatever the model's constructor drew from them."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from ..models import build_model as _build
+    from ..registry import MODELS
+
+    if cfg.name not in MODELS:
+        return None
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        with torch.device("meta"):
+            model = _build(cfg.name, input_shape=input_shape, num_classes=num_classes, **cfg.params)
+        tensors = (*model.parameters(), *model.buffers())
+        return sum(p.numel() for p in model.parameters()), sum(t.numel() * t.element_size() for t in tensors)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - only an estimate: the real build reports what is wrong
+        return None
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def _check_fits(cfg: ModelCfg, count: int, need: int) -> None:
+    """Refuse a model whose weights alone (``need`` bytes) exceed this machine's available memory."""
+    have = available_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"model {cfg.name!r} with params {cfg.params} would have {count:,} parameters "
+            f"({_gigabytes(need)} of weights), more than the {_gigabytes(have)} of memory available here; "
+            "make it smaller (widths, depths, channels)."
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable`` of /proc/meminfo, else
+    the physical memory); ``None`` where neither can be read."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gigabytes(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
 
 
 def build_schedule(value: Any) -> float | Schedule:

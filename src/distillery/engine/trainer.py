@@ -48,12 +48,27 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; an unavailable device is a ConfigError."""
+    """``auto`` picks CUDA when available; a device not of the allowed forms (see
+    :mod:`distillery.config.devices`) or not present on this machine is a ConfigError."""
+    from ..config.devices import device_problem
+
+    problem = device_problem(device)
+    if problem:
+        raise ConfigError(f"train.device: {problem}.")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {device!r} but CUDA is not available here; use 'cpu' or 'auto'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise ConfigError(
+            f"train.device is {device!r} but this machine has {count} CUDA device{'s' if count != 1 else ''} "
+            f"({have}); use one of them, 'cuda' or 'auto'."
+        )
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"train.device is {device!r} but MPS (Apple silicon) is not available here; use 'cpu' or 'auto'.")
     return dev
 
 

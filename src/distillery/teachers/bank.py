@@ -152,6 +152,8 @@ def bank_config() -> type:
         def _weights_match(self) -> BankTeacherCfg:
             if self.weights is not None and len(self.weights) != len(self.members):
                 raise ValueError(f"bank has {len(self.members)} members but {len(self.weights)} weights")
+            if self.weights is not None and not sum(self.weights) > 0:
+                raise ValueError(f"the bank's weights are normalised to sum to 1, so at least one must be positive, got {self.weights}")
             return self
 
     return BankTeacherCfg

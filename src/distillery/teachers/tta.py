@@ -174,7 +174,14 @@ class DenseTTATeacher(FrozenModelMixin, Teacher):
 # -- in a config: teacher: {kind: tta_dense, model, fit, patch, shifts, flip, prefix_tokens} ---
 def tta_dense_config() -> type:
     """The config section of a dense TTA teacher (made on first use, see :mod:`distillery.registry`)."""
-    from ..config.base import ModelCfg, NonNegInt, PosInt, TeacherCfgBase, needs_weights
+    from ..config.base import (
+        ModelCfg,
+        NonNegInt,
+        PosInt,
+        TeacherCfgBase,
+        needs_weights,
+        pair,
+    )
     from ..config.training import FitCfg
 
     class TTADenseTeacherCfg(TeacherCfgBase):
@@ -185,7 +192,7 @@ def tta_dense_config() -> type:
         kind: Literal["tta_dense"]
         model: ModelCfg
         fit: FitCfg | None = None
-        patch: PosInt | tuple[PosInt, PosInt]
+        patch: PosInt | pair(PosInt)
         shifts: NonNegInt = 1
         flip: bool = True
         prefix_tokens: NonNegInt = 1

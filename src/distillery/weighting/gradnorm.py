@@ -19,7 +19,7 @@ def gradnorm_config() -> type:
     arguments; made on first use, so that ``import distillery`` does not import pydantic)."""
     from typing import Annotated
 
-    from pydantic import Field
+    from pydantic import Field, model_validator
 
     from ..config.base import PosFloat, PosInt, Strict
 
@@ -31,6 +31,12 @@ def gradnorm_config() -> type:
         momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
         min_weight: Annotated[float, Field(ge=0)] = 0.0
         max_weight: PosFloat = 1e4
+
+        @model_validator(mode="after")
+        def _ordered(self) -> GradNormCfg:
+            if self.min_weight > self.max_weight:
+                raise ValueError(f"min_weight ({self.min_weight:g}) is larger than max_weight ({self.max_weight:g})")
+            return self
 
     return GradNormCfg
 

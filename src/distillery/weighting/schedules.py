@@ -27,30 +27,67 @@ class Schedule:
 @functools.cache
 def schedule_configs() -> dict[str, type]:
     """The config section of each schedule kind (made on first use: pydantic is imported with
-    the config schema, not with ``import distillery``)."""
-    from ..config.base import NonNegInt, PosInt, Strict
+    the config schema, not with ``import distillery``).
+
+    A schedule's values are term weights: each is a finite number >= 0 (a negative weight
+    would maximise its term), and ``bounds()`` gives the least and the largest value it takes
+    over all steps (the schema refuses terms that are all zero at every step, and a mixing
+    coefficient's schedule outside [0, 1])."""
+    from pydantic import model_validator
+
+    from ..config.base import NonNegFloat, NonNegInt, PosInt, Strict, Weight
 
     class ConstantCfg(Strict):
         kind: Literal["constant"]
-        value: float = 1.0
+        value: Weight = 1.0
+
+        def bounds(self) -> tuple[float, float]:
+            return float(self.value), float(self.value)
 
     class WarmupCfg(Strict):
         kind: Literal["linear_warmup", "cosine_warmup"]
-        value: float = 1.0
+        value: Weight = 1.0
         warmup_steps: NonNegInt = 0
-        start: float = 0.0
+        start: Weight = 0.0
+
+        def bounds(self) -> tuple[float, float]:
+            ends = (float(self.value),) if self.warmup_steps == 0 else (float(self.start), float(self.value))
+            return min(ends), max(ends)
 
     class StepCfg(Strict):
         kind: Literal["step"]
-        value: float = 1.0
+        value: Weight = 1.0
         milestones: list[NonNegInt] = []
-        gamma: float = 0.1
+        gamma: NonNegFloat = 0.1
+
+        @model_validator(mode="after")
+        def _finite(self) -> StepCfg:
+            if not math.isfinite(self.bounds()[1]):
+                raise ValueError(
+                    f"value * gamma ** {len(self.milestones)} (after the last milestone) is not a finite "
+                    f"number (value {self.value!r}, gamma {self.gamma!r})"
+                )
+            return self
+
+        def bounds(self) -> tuple[float, float]:
+            # at step k the value is value * gamma ** (milestones <= k); milestones at 0 pass at once
+            first = sum(1 for m in self.milestones if m == 0)
+            values = []
+            for n in range(first, len(self.milestones) + 1):
+                try:
+                    values.append(float(self.value) * float(self.gamma) ** n)
+                except OverflowError:
+                    values.append(0.0 if self.value == 0 else math.inf)
+            return min(values), max(values)
 
     class CosineCfg(Strict):
         kind: Literal["cosine"]
-        start: float
-        end: float
+        start: Weight
+        end: Weight
         total_steps: PosInt
+
+        def bounds(self) -> tuple[float, float]:
+            return min(self.start, self.end), max(self.start, self.end)
 
     return {"constant": ConstantCfg, "linear_warmup": WarmupCfg, "cosine_warmup": WarmupCfg, "step": StepCfg, "cosine": CosineCfg}
 
