@@ -226,6 +226,7 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, overwrite: bool = Fa
     written (no checkpoint, no trained weights) removes the run directory it created, so the
     corrected command can be run as it stands.
     """
+    resolve_device(cfg.train.device)  # a missing GPU fails before anything is trained or written
     D.init_from_env(cfg.train.device)
     if cfg.teacher is not None:
         cfg.teacher.preflight()  # e.g. a missing cache fails before the run directory is made
