@@ -162,7 +162,7 @@ def test_impossible_adapter_is_explained(tmp_path, capsys):
 def test_nan_loss_stops_names_term_and_step_and_keeps_checkpoint(tmp_path, capsys):
     cfg = _config(tmp_path, teacher=None, objectives=[{"kind": "ce"}])
     out = tmp_path / "r"
-    msg = _user_error(capsys, ["run", str(cfg), "--out", str(out), "--set", "train.optimizer={name: sgd, lr: 1.0e+30}",
+    msg = _user_error(capsys, ["run", str(cfg), "--out", str(out), "--set", "train.optimizer={name: sgd, lr: 0.1}", "--set", "objectives.0.weight=1.0e+30",
                                "--set", "train.epochs=5", "--set", "train.checkpoint_every=1"])
     assert "Loss term 'ce' became" in msg and "at step" in msg and "last good checkpoint is kept" in msg
     step = int(msg.split("at step ")[1].split()[0])
