@@ -376,7 +376,7 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(DataError, match=r"differ in size.*img0\.png.*dog.img0\.png") as e:
         image_folder(root)
     assert "size=" in str(e.value)
-    assert image_folder(root, size=5).input_shape == (3, 5, 5)
+    assert image_folder(root, size=5).input_shape == (1, 5, 5)  # grey PNGs: one channel, detected
     (root / "dog" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"broken\.png"):
         image_folder(root, size=5)
@@ -434,3 +434,83 @@ def test_npz_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"garbage")
     with pytest.raises(DataError, match="junk.npz"):
         npz(tmp_path / "junk.npz")
+
+
+# --------------------------------------------------------------------------------------
+# image_folder: the number of channels is detected (issue 10)
+# --------------------------------------------------------------------------------------
+
+
+def _save(path, array, mode, palette=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(array)  # the mode follows the dtype and shape: bool "1", uint16 "I;16", [H, W, 2] "LA"
+    if mode == "P":
+        img = img.convert("P")
+    assert img.mode == mode
+    if palette is not None:
+        img.putpalette(palette)
+    img.save(path)
+    return img
+
+
+def test_image_folder_detects_grey_and_colour_files(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = {c: rng.integers(0, 256, size=(4, 5), dtype=np.uint8) for c in ("a", "b")}
+    for c, a in grey.items():
+        for i in range(2):
+            _save(tmp_path / "grey" / c / f"{i}.png", a, "L")
+    s = image_folder(tmp_path / "grey", test_fraction=0.5)
+    assert s.input_shape == (1, 4, 5) and s.train.x.shape[1] == 1 and s.test.x.shape[1] == 1
+    assert np.array_equal((s.train.x[0, 0] * 255).round().to(torch.uint8).numpy(), grey["a"])
+    # explicit true / false still force the channels
+    assert image_folder(tmp_path / "grey", grayscale=False, test_fraction=0.5).input_shape == (3, 4, 5)
+    rgb = rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    for c in ("a", "b"):
+        for i in range(2):
+            _save(tmp_path / "rgb" / c / f"{i}.png", rgb, "RGB")
+    assert image_folder(tmp_path / "rgb", test_fraction=0.5).input_shape == (3, 4, 5)
+    assert image_folder(tmp_path / "rgb", grayscale=True, test_fraction=0.5).input_shape == (1, 4, 5)
+    # a mixed folder loads as RGB, the grey images with three equal channels
+    _save(tmp_path / "mixed" / "a" / "0.png", grey["a"], "L")
+    _save(tmp_path / "mixed" / "b" / "0.png", rgb, "RGB")
+    m = image_folder(tmp_path / "mixed", test_path=tmp_path / "mixed")
+    assert m.input_shape == (3, 4, 5)
+    back = (m.train.x[0] * 255).round().to(torch.uint8).numpy()
+    assert all(np.array_equal(back[k], grey["a"]) for k in range(3))
+    # grey train images with a colour test folder: both RGB, so that the shapes agree
+    g = image_folder(tmp_path / "grey", test_path=tmp_path / "rgb")
+    assert g.input_shape == (3, 4, 5) and g.test.x.shape[1:] == (3, 4, 5)
+
+
+def test_image_folder_single_channel_modes_and_palettes(tmp_path):
+    a = np.arange(20, dtype=np.uint8).reshape(4, 5) * 12
+    _save(tmp_path / "bw" / "a" / "0.png", a > 100, "1")
+    _save(tmp_path / "bw" / "b" / "0.png", np.stack([a, 255 - a], -1), "LA")
+    _save(tmp_path / "bw" / "c" / "0.png", a.astype(np.uint16) * 4, "I;16")
+    assert image_folder(tmp_path / "bw", test_path=tmp_path / "bw").input_shape == (1, 4, 5)
+    # a palette image whose colours are grey is single-channel; with a colour in use it is RGB
+    grey_palette = [v for i in range(256) for v in (i, i, i)]
+    _save(tmp_path / "pal" / "a" / "0.png", a, "P", grey_palette)
+    p = image_folder(tmp_path / "pal", test_path=tmp_path / "pal")
+    assert p.input_shape == (1, 4, 5)
+    assert np.array_equal((p.train.x[0, 0] * 255).round().to(torch.uint8).numpy(), a)
+    colour_palette = list(grey_palette)
+    colour_palette[3 * 12: 3 * 12 + 3] = [255, 0, 0]  # a == 12 occurs at pixel (0, 1)
+    _save(tmp_path / "pal" / "b" / "0.png", a, "P", colour_palette)
+    assert image_folder(tmp_path / "pal", test_path=tmp_path / "pal").input_shape == (3, 4, 5)
+    # an unused colour entry does not make a grey palette image RGB
+    unused = list(grey_palette)
+    unused[3 * 255: 3 * 255 + 3] = [0, 255, 0]
+    _save(tmp_path / "pal2" / "a" / "0.png", a, "P", unused)
+    assert image_folder(tmp_path / "pal2", test_path=tmp_path / "pal2").input_shape == (1, 4, 5)
+
+
+def test_general_datasets_document_every_parameter():
+    from distillery.config.describe import docstring_args
+    from distillery.config.signatures import keyword_names
+
+    for name in ("digits", "mnist1d", "gaussian_mixture", "image_folder", "npz"):
+        fn = DATASETS.get(name)
+        meanings = docstring_args(fn.__doc__)
+        names, _ = keyword_names(fn)
+        assert names and all(meanings.get(n) for n in names), (name, set(names) - set(meanings))

@@ -186,3 +186,46 @@ def test_import_path_accepts_annotated_and_registered_factories(helpers_path):
     # an annotation that lies is still caught after the call
     with pytest.raises(ConfigError, match="returned a int, not a torch.nn.Module"):
         build_model("helpers_models:lying_net", (4,), 2)
+
+
+def _last_feature_map(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    seen = {}
+    model.pool.register_forward_hook(lambda mod, inputs, out: seen.update(map=tuple(inputs[0].shape[2:])))
+    model.eval()
+    model(torch.zeros(2, *shape))
+    return seen["map"]
+
+
+@pytest.mark.parametrize("name", ["cnn2d", "resnet"])
+def test_2d_reference_models_deepen_with_the_image_size(name):
+    # (side, stages, last feature map): up to 16x16 the network is the one tuned on 8x8 digits;
+    # a larger image gets a stride-2 stage per doubling beyond 8, back to the 2x2 map of 8x8
+    expected = [(8, 3, (2, 2)), (16, 3, (4, 4)), (17, 5, (2, 2)), (28, 5, (2, 2)), (32, 5, (2, 2)), (64, 6, (2, 2))]
+    counts = []
+    for side, stages, last in expected:
+        m = build_model(name, (1, side, side), 10)
+        assert len(m.blocks if name == "cnn2d" else m.stages) == stages, side
+        assert _last_feature_map(m, (1, side, side)) == last, side
+        counts.append(sum(p.numel() for p in m.parameters()))
+    assert counts[0] == counts[1] == (56554 if name == "cnn2d" else 77754)  # what 8x8 digits always got
+    assert counts[1] < counts[2] == counts[3] == counts[4] < counts[5]
+    # non-square images follow their longer side
+    assert _last_feature_map(build_model(name, (3, 8, 28), 10), (3, 8, 28)) == (1, 2)
+    # extra_stages: 0 keeps three stages at any size; an explicit count is taken as given
+    assert _last_feature_map(build_model(name, (1, 28, 28), 10, extra_stages=0), (1, 28, 28)) == (7, 7)
+    assert _last_feature_map(build_model(name, (1, 8, 8), 10, extra_stages=1), (1, 8, 8)) == (1, 1)
+    with pytest.raises(ConfigError, match="extra_stages"):
+        build_model(name, (1, 28, 28), 10, extra_stages=-1)
+
+
+def test_cnn2d_added_blocks_follow_the_last_width_and_explicit_strides_turn_them_off():
+    m = build_model("cnn2d", (1, 28, 28), 10, channels=[8, 16])
+    assert [b.conv.out_channels for b in m.blocks] == [8, 16, 16, 16]
+    assert [b.conv.stride for b in m.blocks] == [(1, 1), (2, 2), (2, 2), (2, 2)]
+    assert _last_feature_map(m, (1, 28, 28)) == (4, 4)  # as small as this network's map on 8x8 images
+    assert m.head.in_features == 16
+    fixed = build_model("cnn2d", (1, 28, 28), 10, channels=[8, 16], strides=[1, 2])
+    assert len(fixed.blocks) == 2 and _last_feature_map(fixed, (1, 28, 28)) == (14, 14)
+    # 1D models keep their depth: MNIST-1D (L = 40) networks are unchanged
+    assert len(build_model("resnet", (40,), 10).stages) == 3
+    assert len(build_model("cnn1d", (400,), 10).blocks) == 3

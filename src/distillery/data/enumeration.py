@@ -43,6 +43,9 @@ class Rotate90(View):
 
     ``out = torch.rot90(x, k, dims=(-2, -1))``; ``k`` is taken modulo 4. A non-square image
     rotated by an odd ``k`` changes shape (H and W swap), so enumeration needs square images.
+
+    Args:
+        k: the number of counter-clockwise quarter turns (any integer, taken modulo 4).
     """
 
     name = "rotate90"
@@ -66,6 +69,10 @@ class Roll(View):
     """A fixed circular shift by ``shift`` steps along ``dim`` (default the last); any ``[B, ...]``.
 
     ``out[..., i] = x[..., (i - shift) mod L]`` (``torch.roll``). The batch dim cannot be rolled.
+
+    Args:
+        shift: the shift in steps (negative: the other way).
+        dim: the dim to roll, not 0 (the batch).
     """
 
     name = "roll"
@@ -88,7 +95,11 @@ class Roll(View):
 
 @VIEWS.register("reverse")
 class Reverse(View):
-    """A fixed flip of ``dims`` (default ``[-1]``: the last dim); any ``[B, ...]``."""
+    """A fixed flip of ``dims`` (default ``[-1]``: the last dim); any ``[B, ...]``.
+
+    Args:
+        dims: the dims to flip, none of them 0 (the batch).
+    """
 
     name = "reverse"
 

@@ -61,6 +61,41 @@ def _scan_class_folders(root: Path, role: str) -> dict[str, list[Path]]:
     return out
 
 
+# PIL modes with one colour channel ("LA": grey plus alpha, which is dropped). "P" and "PA"
+# (palette) images count as grey when every palette entry they use has r == g == b.
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def _is_grey(img: Any) -> bool:
+    """Whether an opened PIL image has a single colour channel (see :data:`_GREY_MODES`)."""
+    if img.mode in _GREY_MODES:
+        return True
+    if img.mode in ("P", "PA"):
+        palette = img.getpalette("RGB")
+        if palette is None:
+            return False
+        rgb = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+        used = np.unique(np.asarray(img.getchannel(0) if img.mode == "PA" else img))
+        used = used[used < len(rgb)]
+        return bool(np.all(rgb[used] == rgb[used][:, :1]))
+    return False
+
+
+def _all_grey(files: list[Path]) -> bool:
+    """Whether every image in ``files`` is single-channel (PIL reads only the headers,
+    and the pixels of palette images)."""
+    from PIL import Image, UnidentifiedImageError
+
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                if not _is_grey(img):
+                    return False
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"Could not read the image file {f} ({type(e).__name__}: {e}).") from e
+    return True
+
+
 def _read_images(
     files: list[Path], hw: tuple[int, int] | None, grayscale: bool, ref: tuple[Path, tuple[int, int]] | None
 ) -> tuple[np.ndarray, tuple[Path, tuple[int, int]] | None]:
@@ -95,16 +130,33 @@ def image_folder(
     test_path: str | os.PathLike | None = None,
     test_fraction: float = 0.2,
     size: int | tuple[int, int] | None = None,
-    grayscale: bool = False,
+    grayscale: bool | None = None,
     seed: int = 0,
 ) -> DataSplits:
     """Images in one subfolder per class (PNG/JPEG), as [C, H, W] tensors in [0, 1].
 
-    Classes are the subfolder names, sorted; label ``k`` is the ``k``-th. Images are
-    converted to RGB (``C = 3``) or, with ``grayscale``, to one channel, and resized to
-    ``size`` (an int or ``(height, width)``) if given; otherwise all must share one size.
-    Without ``test_path`` a stratified ``test_fraction`` of the images is held out; a
-    ``test_path`` folder may only use class names found under ``path``.
+    Classes are the subfolder names, sorted; label ``k`` is the ``k``-th. Without
+    ``test_path`` a stratified ``test_fraction`` of the images is held out; a ``test_path``
+    folder may only use class names found under ``path``. A config names it as::
+
+        data:
+          dataset: image_folder
+          params: {path: data/train, test_path: data/test, size: 28}
+
+    Args:
+        path: the folder of training images, with one subfolder of images per class
+            (``path/cat/*.png``, ``path/dog/*.png``); hidden files and folders are skipped.
+        test_path: a folder of test images laid out the same way (null: hold out
+            ``test_fraction`` of ``path``).
+        test_fraction: the share of each class held out as the test set when no
+            ``test_path`` is given, in (0, 1).
+        size: resize every image (bilinear) to ``size`` x ``size`` or to ``[height, width]``;
+            null: keep the files' size, which must then be the same for all images.
+        grayscale: one channel (true), RGB (false), or, null (default), one channel when
+            every image of ``path`` and ``test_path`` has one and RGB otherwise. Single-channel
+            files (greyscale PNGs and JPEGs) are those of PIL modes 1, L, LA (alpha dropped),
+            I, I;16 and F, and palette images whose colours in use are all grey.
+        seed: the seed of the stratified train/test split.
     """
     hw = _size_hw(size)
     root = Path(path).expanduser()
@@ -120,11 +172,8 @@ def image_folder(
         return files, np.asarray(labels, dtype=np.int64)
 
     files, y = gather(train_files)
-    x, ref = _read_images(files, hw, grayscale, None)
-    if test_path is None:
-        tr, te = stratified_split(y, _check_fraction(test_fraction), seed)
-        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
-    else:
+    tfiles: list[Path] = []
+    if test_path is not None:
         troot = Path(test_path).expanduser()
         test_files = _scan_class_folders(troot, "test image folder")
         unknown = [c for c in test_files if c not in index]
@@ -134,6 +183,13 @@ def image_folder(
                 f"train folder {root} lacks; train classes: {', '.join(classes)}."
             )
         tfiles, yte = gather(test_files)
+    if grayscale is None:
+        grayscale = _all_grey(files + tfiles)
+    x, ref = _read_images(files, hw, grayscale, None)
+    if test_path is None:
+        tr, te = stratified_split(y, _check_fraction(test_fraction), seed)
+        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+    else:
         xte, _ = _read_images(tfiles, hw, grayscale, ref)
         xtr, ytr = x, y
     return DataSplits(
@@ -210,7 +266,18 @@ def npz(
 
     Samples labeled ``-1`` form the unlabeled split. The test set is, in order of
     preference: the ``x``/``y`` arrays of ``test_path``, arrays ``x_test``/``y_test`` in the
-    same file, or a stratified ``test_fraction`` of the labeled samples.
+    same file, or a stratified ``test_fraction`` of the labeled samples. The per-sample shape
+    of ``x`` is the models' ``input_shape``: ``[N, C, H, W]`` for images, ``[N, L]`` or
+    ``[N, C, L]`` for signals, ``[N, D]`` for vectors. Write one with
+    ``numpy.savez("data.npz", x=x, y=y)``.
+
+    Args:
+        path: the ``.npz`` file holding ``x`` (numeric, ``[N, ...]``) and ``y`` (integer
+            labels ``[N]``, -1 for unlabeled samples), optionally ``x_test`` and ``y_test``.
+        test_path: a second ``.npz`` whose ``x`` and ``y`` are the test set.
+        test_fraction: the share of each class of the labeled samples held out as the test
+            set when neither ``test_path`` nor ``x_test``/``y_test`` is given, in (0, 1).
+        seed: the seed of that stratified train/test split.
     """
     p = Path(path).expanduser()
     arrays = _read_npz(p, "")

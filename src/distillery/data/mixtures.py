@@ -28,6 +28,16 @@ def gaussian_mixture(
     ``N(0, noise^2 I)``. Classes are balanced (sample ``i`` of a split before shuffling is
     class ``i % num_classes``). The means and each split use their own random stream derived
     from ``seed``, so changing one split's size does not change the others.
+
+    Args:
+        num_classes: the number of classes (Gaussians), at least 2.
+        dim: the dimension of a sample; input shape ``(dim,)``.
+        n_train: the number of training samples.
+        n_test: the number of test samples.
+        n_unlabeled: the number of extra unlabeled samples (their labels kept in ``hidden_y``).
+        separation: the standard deviation of the class means around the origin.
+        noise: the standard deviation of a sample around its class mean.
+        seed: the seed of the means and of every split.
     """
     num_classes = _check_count(num_classes, "num_classes", 2)
     dim = _check_count(dim, "dim", 1)

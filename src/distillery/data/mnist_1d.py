@@ -152,6 +152,12 @@ def mnist1d(unlabeled: int = 0, seed: int = 42, unlabeled_seed: int = 1) -> Data
     classes are balanced; their true labels are kept in ``unlabeled.hidden_y``) and
     normalised with the canonical set's mean and standard deviation. Generated arrays are
     cached under :func:`cache_dir`; numpy's global RNG state is saved and restored.
+
+    Args:
+        unlabeled: how many extra unlabeled samples to generate (0: no unlabeled split).
+        seed: the generator seed of the 5,000 labeled samples (42: the package's canonical
+            split, as published).
+        unlabeled_seed: the generator seed of the unlabeled samples; must differ from ``seed``.
     """
     seed = _check_count(seed, "seed")
     unlabeled_seed = _check_count(unlabeled_seed, "unlabeled_seed")

@@ -257,7 +257,15 @@ def paired_digits(
     ``views="halves"``: top 4 rows ``[32]`` vs bottom 4 rows ``[32]``; ``"caption"``: the
     image ``[64]`` vs a class one-hot + ``N(0, caption_noise^2)`` ``[10]``. ``mismatch``:
     fraction of training pairs whose text is another sample's (test pairs stay clean).
-    Rows: ``x = [image | text]``; ``info``: ``image_dim``, ``text_dim``, ``train_mismatched``."""
+    Rows: ``x = [image | text]``; ``info``: ``image_dim``, ``text_dim``, ``train_mismatched``.
+
+    Args:
+        views: "halves" (top vs bottom half of the digit) or "caption" (image vs noisy class).
+        mismatch: the fraction of training pairs whose text is another sample's, in [0, 1).
+        caption_noise: the standard deviation of the noise on the class one-hot ("caption").
+        test_fraction: the share of each class held out as the test set, in (0, 1).
+        seed: the seed of the split, the caption noise and the mismatches.
+    """
     if views not in ("halves", "caption"):
         raise ConfigError(f"paired_digits: views must be 'halves' or 'caption', got {views!r}.")
     if caption_noise < 0:
@@ -299,6 +307,14 @@ def attribute_digits(
     ``classes``: keep only these digit classes (train and test), e.g. ``[0, 1, 2, 3, 4]``.
     ``info`` holds ``prompts`` (noise-free class-only captions, ``[10, 14]``, for zero-shot
     classification), ``train_attributes`` / ``test_attributes`` (``[N, 2]``) and the split sizes.
+
+    Args:
+        captions: "attributes" (class, thickness and tilt) or "class" (class only).
+        negatives: add the two attribute-swapped hard negatives (needs captions "attributes").
+        classes: the digit classes to keep (null: all ten).
+        caption_noise: the standard deviation of the Gaussian noise added to the captions.
+        test_fraction: the share of each class held out as the test set, in (0, 1).
+        seed: the seed of the split and of the caption noise.
     """
     if captions not in ("attributes", "class"):
         raise ConfigError(f"attribute_digits: captions must be 'attributes' or 'class', got {captions!r}.")

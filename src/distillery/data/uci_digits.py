@@ -20,6 +20,11 @@ def digits(test_fraction: float = 0.25, seed: int = 0) -> DataSplits:
 
     Pixels are scaled to [0, 1] and then standardised with the train set's mean and
     standard deviation (one scalar each). The split is stratified by class.
+
+    Args:
+        test_fraction: the share of each class held out as the test set, in (0, 1)
+            (0.25: 1,347 train and 450 test images).
+        seed: the seed of the stratified train/test split.
     """
     test_fraction = _check_fraction(test_fraction)
     from sklearn.datasets import load_digits

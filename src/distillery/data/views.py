@@ -116,6 +116,9 @@ class Shift1d(View):
 
     Accepts ``[B, L]`` or ``[B, C, L]`` (all channels of a sample shift together); the
     output is ``torch.roll(x[b], s_b, dims=-1)`` for each sample ``b``.
+
+    Args:
+        max_shift: the largest shift in steps, either way (0: no change).
     """
 
     name = "shift1d"
@@ -145,7 +148,11 @@ class Shift1d(View):
 
 @VIEWS.register("noise")
 class Noise(View):
-    """Adds i.i.d. Gaussian noise with standard deviation ``std``; accepts any shape ``[B, ...]``."""
+    """Adds i.i.d. Gaussian noise with standard deviation ``std``; accepts any shape ``[B, ...]``.
+
+    Args:
+        std: the standard deviation of the noise, >= 0 (0: no change).
+    """
 
     name = "noise"
 
@@ -163,7 +170,12 @@ class Noise(View):
 
 @VIEWS.register("scale")
 class Scale(View):
-    """Multiplies each sample by one factor drawn uniformly from [low, high]; any shape ``[B, ...]``."""
+    """Multiplies each sample by one factor drawn uniformly from [low, high]; any shape ``[B, ...]``.
+
+    Args:
+        low: the smallest factor.
+        high: the largest factor, >= ``low``.
+    """
 
     name = "scale"
 
@@ -188,6 +200,9 @@ class Crop2d(View):
 
     Each sample gets its own offsets, i.e. a translation by ``(dy, dx)`` in
     ``[-padding, padding]`` with zeros shifted in.
+
+    Args:
+        padding: the zero border added on each side, in pixels: the largest translation.
     """
 
     name = "crop2d"
@@ -215,7 +230,11 @@ class Crop2d(View):
 
 @VIEWS.register("flip2d")
 class Flip2d(View):
-    """Horizontal flip (last dim) of each sample with probability ``p``; ``[B, C, H, W]``."""
+    """Horizontal flip (last dim) of each sample with probability ``p``; ``[B, C, H, W]``.
+
+    Args:
+        p: the probability that a sample is flipped, in [0, 1].
+    """
 
     name = "flip2d"
 
@@ -240,6 +259,10 @@ class PatchMask(View):
     a ViT numbers its tokens). A length not divisible by the patch size leaves a shorter last
     patch, masked as a whole. ``round`` is Python's (halves go to the even number).
     :meth:`sample` also returns the mask, bool ``[B, num_patches]`` with True = masked.
+
+    Args:
+        patch_size: the patch length (signals), or side or ``[height, width]`` (images).
+        ratio: the share of each sample's patches set to zero, in [0, 1].
     """
 
     name = "patch_mask"

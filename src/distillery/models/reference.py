@@ -171,6 +171,13 @@ def mlp(
     Modules: ``layers.0.fc``, ``layers.0.act``, ``layers.0.drop``, ``layers.1.fc``, ...,
     ``head`` (``nn.Linear``; ``head:input`` is the last hidden layer). ``hidden=()`` gives
     a linear model. ``activation``: relu, gelu, silu, tanh, elu, leaky_relu, sigmoid, identity.
+
+    Args:
+        input_shape: the per-sample shape, flattened.
+        num_classes: the number of logits.
+        hidden: the widths of the hidden layers, in order ([]: a linear model).
+        dropout: the dropout probability after each hidden activation, in [0, 1).
+        activation: relu, gelu, silu, tanh, elu, leaky_relu, sigmoid or identity.
     """
     shape = _shape(input_shape, "mlp")
     hidden = _ints(hidden, "hidden", "mlp", allow_empty=True)
@@ -245,6 +252,32 @@ def _strides(strides: Any, n: int, model: str) -> tuple[int, ...]:
     return out
 
 
+# Automatic depth of the 2D reference CNNs. Their defaults were tuned on 8x8 digits. An image
+# larger than _KEPT_SIDE on its longer side gets one more stride-2 stage per doubling of that
+# side beyond _TUNED_SIDE, so that its last feature map is as small as an 8x8 image's (2x2
+# with the default widths) and the receptive field grows with the image. Images up to
+# _KEPT_SIDE (16x16 canvases, 8x8 digits) keep the network they always had.
+_TUNED_SIDE = 8
+_KEPT_SIDE = 16
+
+
+def _extra_stages(value: Any, spatial: Sequence[int], model: str) -> int:
+    """``value`` checked, or for ``None``: 0 when the longest side of ``spatial`` is at most
+    :data:`_KEPT_SIDE`, else its number of doublings beyond :data:`_TUNED_SIDE` (2 for 17 to
+    32 pixels, 3 for 33 to 64, ...)."""
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{model}: extra_stages must be a non-negative int or null (automatic), got {value!r}.")
+        return value
+    longest = max(spatial)
+    if longest <= _KEPT_SIDE:
+        return 0
+    extra, side = 0, _TUNED_SIDE
+    while side < longest:
+        extra, side = extra + 1, side * 2
+    return extra
+
+
 def _conv_common(model: str, kernel_size: Any, dropout: Any, norm: str, activation: str) -> int:
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
         raise ConfigError(f"{model}: kernel_size must be a positive int, got {kernel_size!r}.")
@@ -271,6 +304,16 @@ def cnn1d(
     Modules: ``blocks.0.conv``, ``blocks.0.norm``, ``blocks.0.act``, ``blocks.1.conv``, ...,
     ``pool`` (global average, ``[B, C]``), ``drop``, ``head``. ``strides`` defaults to 1 for
     the first block and 2 after; ``norm``: batch, group or none.
+
+    Args:
+        input_shape: (L,) or (C, L).
+        num_classes: the number of logits.
+        channels: the output channels of the conv blocks, one block per entry.
+        kernel_size: the conv kernel length (padding ``kernel_size // 2``).
+        strides: one stride per block (null: 1 for the first block, 2 after).
+        norm: batch, group or none, after each conv.
+        activation: relu, gelu, silu, tanh, elu, leaky_relu, sigmoid or identity.
+        dropout: the dropout probability before the head, in [0, 1).
     """
     shape = _shape(input_shape, "cnn1d")
     if len(shape) not in (1, 2):
@@ -290,12 +333,48 @@ def cnn2d(
     norm: str = "batch",
     activation: str = "relu",
     dropout: float = 0.0,
+    extra_stages: int | None = None,
 ) -> ConvNet:
     """2D CNN for images: input_shape (C, H, W), batches [B, C, H, W] (flat [B, H*W] is rejected).
 
     Modules: ``blocks.0.conv``, ``blocks.0.norm``, ``blocks.0.act``, ``blocks.1.conv``, ...,
     ``pool`` (global average, ``[B, C]``), ``drop``, ``head``. ``strides`` defaults to 1 for
     the first block and 2 after; ``norm``: batch, group or none.
+
+    The depth follows the input size. The defaults were tuned on 8x8 digits; with
+    ``strides`` and ``extra_stages`` left at null, an image larger than 16 pixels on its
+    longer side gets one stride-2 block per doubling of that side beyond 8, as wide as the
+    last of ``channels`` (``blocks.3``, ...), so that its last feature map is as small as
+    an 8x8 digit's and the receptive field covers the image. Images up to 16x16 keep the
+    network they always had. With the default channels (32, 64, 64), by the longer side:
+
+    ============  =================  ===================  ================  ==========
+    side          blocks             last feature map     receptive field   parameters
+    ============  =================  ===================  ================  ==========
+    up to 8       3 (strides 1 2 2)  2x2 (8x8)            9 pixels          56.6k
+    9 to 16       3 (strides 1 2 2)  3x3 to 4x4 (16x16)   9 pixels          56.6k
+    17 to 32      5 (1 2 2 2 2)      2x2 (28x28, 32x32)   33 pixels         130.5k
+    33 to 64      6                  2x2 (64x64)          65 pixels         167.5k
+    65 to 128     7                  2x2                  129 pixels        204.5k
+    ============  =================  ===================  ================  ==========
+
+    (parameters for one input channel and 10 classes). For 9 to 16 pixels ``extra_stages: 1``
+    gives the 2x2 map too; ``extra_stages: 0`` keeps three blocks at any size (and loads
+    weights saved for images over 16 pixels before the automatic blocks existed), and
+    explicit ``strides`` turn the automatic blocks off.
+
+    Args:
+        input_shape: (C, H, W).
+        num_classes: the number of logits.
+        channels: the output channels of the conv blocks, one block per entry.
+        kernel_size: the conv kernel size (padding ``kernel_size // 2``).
+        strides: one stride per block of ``channels`` (null: 1 for the first, 2 after).
+        norm: batch, group or none, after each conv.
+        activation: relu, gelu, silu, tanh, elu, leaky_relu, sigmoid or identity.
+        dropout: the dropout probability before the head, in [0, 1).
+        extra_stages: stride-2 blocks appended after ``channels``, each as wide as the last
+            (null: none up to 16 pixels, else one per doubling of the longer side beyond 8;
+            none when ``strides`` is given).
     """
     shape = _shape(input_shape, "cnn2d")
     if len(shape) != 3:
@@ -305,7 +384,10 @@ def cnn2d(
         )
     chans = _ints(channels, "channels", "cnn2d")
     k = _conv_common("cnn2d", kernel_size, dropout, norm, activation)
-    return ConvNet(2, shape, _num_classes(num_classes, "cnn2d"), chans, k, _strides(strides, len(chans), "cnn2d"), norm, activation, float(dropout), "cnn2d")
+    steps = _strides(strides, len(chans), "cnn2d")
+    extra = _extra_stages(extra_stages, shape[1:], "cnn2d") if strides is None or extra_stages is not None else 0
+    chans, steps = chans + (chans[-1],) * extra, steps + (2,) * extra
+    return ConvNet(2, shape, _num_classes(num_classes, "cnn2d"), chans, k, steps, norm, activation, float(dropout), "cnn2d")
 
 
 # --------------------------------------------------------------------------------------
@@ -384,6 +466,7 @@ def resnet(
     num_classes: int,
     widths: Sequence[int] = (16, 32, 64),
     blocks_per_stage: int = 1,
+    extra_stages: int | None = None,
 ) -> ResNet:
     """Small ResNet (post-activation basic blocks), 1D for (L,)/(C, L) inputs, 2D for (C, H, W).
 
@@ -392,6 +475,23 @@ def resnet(
     ``stages.0.0.shortcut``, ``stages.0.0.act2`` (block output), ..., ``stages.S.B``,
     ``pool`` (global average, ``[B, C]``), ``head``. Stages after the first halve the
     resolution; stage ``s`` has ``widths[s]`` channels.
+
+    For images the depth follows the input size as in :func:`cnn2d`: with ``extra_stages``
+    null, an image larger than 16 pixels on its longer side gets one more stage per doubling
+    of that side beyond 8, as wide as the last of ``widths``. With the default widths (16,
+    32, 64): three stages up to 16x16 (8x8 digits end at 2x2, 16x16 at 4x4; 77.8k parameters
+    for one channel and 10 classes), five from 17 to 32 (28x28 and 32x32 end at 2x2; 234k),
+    six from 33 to 64. 1D inputs get no extra stage unless ``extra_stages`` asks for them.
+    ``extra_stages: 0`` keeps the stages of ``widths`` at any size (and loads weights saved
+    for images over 16 pixels before the automatic stages existed).
+
+    Args:
+        input_shape: (L,), (C, L) or (C, H, W).
+        num_classes: the number of logits.
+        widths: the channels of each stage; every stage after the first halves the resolution.
+        blocks_per_stage: the basic blocks per stage.
+        extra_stages: stages appended after ``widths``, each as wide as the last (null: for
+            images larger than 16 pixels one per doubling of the longer side beyond 8, else none).
     """
     shape = _shape(input_shape, "resnet")
     if len(shape) not in (1, 2, 3):
@@ -400,6 +500,8 @@ def resnet(
     if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
         raise ConfigError(f"resnet: blocks_per_stage must be a positive int, got {blocks_per_stage!r}.")
     dims = 2 if len(shape) == 3 else 1
+    extra = _extra_stages(extra_stages, shape[1:], "resnet") if dims == 2 or extra_stages is not None else 0
+    ws = ws + (ws[-1],) * extra
     return ResNet(dims, shape, _num_classes(num_classes, "resnet"), ws, blocks_per_stage)
 
 
@@ -493,6 +595,19 @@ def vit(
     ``blocks.0.norm1``, ``blocks.0.attn`` (``.qkv``, ``.softmax`` with attention
     probabilities ``[B, heads, N+1, N+1]``, ``.proj``), ``blocks.0.norm2``, ``blocks.0.mlp``
     (``.fc1``, ``.act``, ``.fc2``), ..., ``norm`` (all tokens), ``head`` (on the class token).
+    The sequence length grows with the input: (H / ph) * (W / pw) + 1 tokens, so pick the
+    patch for the image size (4 for 8x8 to 16x16 images, 4 or 7 for 28x28, 4 or 8 for 32x32).
+
+    Args:
+        input_shape: (L,), (C, L) or (C, H, W).
+        num_classes: the number of logits.
+        patch_size: the patch length (1D), or side or (height, width) (images); must divide
+            the input's spatial size.
+        dim: the token width.
+        depth: the number of transformer blocks.
+        heads: the attention heads per block; must divide ``dim``.
+        mlp_ratio: the feed-forward hidden width as a multiple of ``dim``.
+        dropout: the dropout probability in the blocks, in [0, 1).
     """
     shape = _shape(input_shape, "vit")
     if len(shape) not in (1, 2, 3):

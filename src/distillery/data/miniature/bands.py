@@ -67,6 +67,13 @@ def multiband_digits(noise: float = 1.0, copies: int = 1, test_fraction: float =
     ``noise``: the standard deviation of the per-band Gaussian noise, in units of the
     standardised pixels; ``copies``: the train set holds each train digit this many times,
     each with its own noise draw (the test set once). Split as ``digits`` (stratified, ``seed``).
+
+    Args:
+        noise: the standard deviation of each band's Gaussian noise, in standardised pixels.
+        copies: how many noisy copies of each train digit the train set holds.
+        test_fraction: the share of each class held out as the test set, in (0, 1).
+        seed: the seed of the stratified train/test split.
+        noise_seed: the seed of the noise.
     """
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not float(noise) >= 0:
         raise ConfigError(f"multiband_digits: noise must be a number >= 0, got {noise!r}.")
@@ -102,6 +109,9 @@ class ZeroBands(View):
     """Sets channels ``bands`` (dim 1 of ``[B, C, ...]``) to zero; deterministic.
 
     E.g. ``{name: zero_bands, bands: [3, 4, 5]}`` shows a multispectral model optical-only input.
+
+    Args:
+        bands: the channel indices to set to zero (dim 1), a non-empty list.
     """
 
     name = "zero_bands"

@@ -83,6 +83,16 @@ def digit_canvas(
 
     ``patch`` must divide ``size``; ``ink`` is the least total intensity (digit pixels are in
     ``[0, 1]``) that makes a patch foreground. 11 patch classes: digits 0-9 and 10 = background.
+
+    Args:
+        size: the canvas side in pixels (at least 8, with room for ``max_digits`` digits).
+        min_digits: the fewest digits pasted on a canvas.
+        max_digits: the most digits pasted on a canvas.
+        patch: the side of a labelled patch; must divide ``size``.
+        n_train: the number of training canvases.
+        n_test: the number of test canvases.
+        ink: the least total digit intensity that makes a patch foreground.
+        seed: the seed of the digits' train/test split and of the canvases.
     """
     from sklearn.datasets import load_digits
 

@@ -65,6 +65,12 @@ def digit_grid(n_train: int = 1000, n_test: int = 1000, test_fraction: float = 0
     ``n_train`` / ``n_test`` grids are drawn (with ``seed``) from the digits train / test
     split (``test_fraction`` of the 1,797 digits). Rows ``[N, 276]``; ``info`` holds the
     layout (``image_dim`` 256, ``question_dim`` 4, ``box_dim`` 16, ``side`` 16, ``patch`` 4).
+
+    Args:
+        n_train: the number of training grids.
+        n_test: the number of test grids.
+        test_fraction: the share of the 1,797 digits whose grids form the test set, in (0, 1).
+        seed: the seed of the digits' split and of the grids.
     """
     n_train, n_test = _check_count(n_train, "n_train", minimum=1), _check_count(n_test, "n_test", minimum=1)
     seed = _check_count(seed, "seed")

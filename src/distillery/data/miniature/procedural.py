@@ -103,6 +103,11 @@ def procedural_image(size: int = 32, bins: int = 16, seed: int = 0) -> DataSplit
     (``(size - 1)^2`` samples). ``x [N, 2]`` (row, col) in ``[0, 1]``, ``target [N, 1]``,
     ``y``: intensity bin of ``bins``. ``info["image"]`` is the ``[size, size]`` image,
     ``info["fn"]`` the function itself.
+
+    Args:
+        size: the image side in pixels: ``size^2`` training pixels, ``(size - 1)^2`` test points.
+        bins: the number of equal-width intensity bins, the classes ``y``.
+        seed: the seed of the procedural image (its waves and blobs).
     """
     size = _check_count(size, "size", 2)
     bins = _check_count(bins, "bins", 2)
