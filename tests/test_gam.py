@@ -12,9 +12,9 @@ from distillery import Distiller, FrozenTeacher, GradientGuidedModulation, Term
 from distillery.config import parse_config
 from distillery.engine.build import build_distiller, build_terms
 from distillery.errors import ConfigError
-from distillery.weighting.gam import gam_update, gradient_share
 from distillery.objectives import CrossEntropy, FeatureCosine
 from distillery.recipes.gam import calibrate_rho, injection_terms
+from distillery.weighting.gam import gam_update, gradient_share
 
 
 @pytest.mark.parametrize(
@@ -144,3 +144,32 @@ def test_calibrate_rho_is_the_midpoint_of_the_single_term_shares():
             float(p.grad.abs().sum()) for p in params if p.grad is not None)
         assert got[key] == pytest.approx(by_hand, rel=1e-5)
     assert got["rho"] == pytest.approx((got["p0"] + got["p1"]) / 2)
+
+
+def test_term_values_is_a_forward_without_side_effects():
+    """``Distiller.term_values`` (what calibrate_rho reads) gives each term's value with its graph
+    and leaves the step counter and the queued state updates as they were."""
+    torch.manual_seed(2)
+    student, teacher = Tiny(), Tiny()
+    d = Distiller(student, FrozenTeacher(teacher), injection_terms("deep", "deep", adapter="linear"))
+    batch = {"x": torch.randn(8, 4), "y": torch.randint(0, 3, (8,))}
+    d.prepare(batch)
+    values = d.term_values(batch)
+    assert set(values) == {"ce", "inject"} and all(v.requires_grad for v in values.values())
+    assert int(d.global_step) == 0 and d._pending == []
+    losses = d.step(batch)
+    torch.testing.assert_close(losses["ce"], values["ce"].detach())
+    torch.testing.assert_close(losses["inject"], values["inject"].detach())
+    assert len(d._pending) == 1  # the training step queues its updates; term_values did not
+
+
+def test_gam_config_is_what_the_reproduction_trains():
+    from distillery.recipes.gam import gam_config
+
+    cfg = gam_config("blocks.1", "blocks.1", rho=0.3, delta=0.03, every=22)
+    raw = {"data": {"dataset": "digits"}, "student": {"name": "cnn2d"},
+           "teacher": {"kind": "frozen", "model": {"name": "cnn2d", "checkpoint": "x.safetensors"}}, **cfg}
+    parsed = parse_config(raw)
+    assert [(t.name or t.kind, t.weight, t.adapter) for t in parsed.objectives] == [("ce", 1.0, None), ("inject", 1.0, "conv1x1")]
+    g = parsed.weighting.gam
+    assert (g.task, g.term, g.params, g.rho, g.delta, g.initial, g.every) == ("ce", "inject", "blocks.1", 0.3, 0.03, 1.0, 22)

@@ -8,7 +8,16 @@ import math
 import pytest
 
 from distillery.cli import main
-from distillery.reproduce import REPRODUCTIONS, Claim, Reproduction, better, load_all, not_worse, register, within
+from distillery.reproduce import (
+    REPRODUCTIONS,
+    Claim,
+    Reproduction,
+    better,
+    load_all,
+    not_worse,
+    register,
+    within,
+)
 from distillery.reproduce.runner import RESULTS_BEGIN, RESULTS_END, run_one, write_docs
 
 
@@ -84,3 +93,145 @@ def test_cli_reproduce_list_and_errors(tmp_path, capsys):
     assert "HELD" in capsys.readouterr().out
     assert main(["reproduce", "_fake_for_tests", "--out", str(tmp_path / "f")]) == 2  # exists: never overwritten
     assert "already exists" in " ".join(capsys.readouterr().err.split())
+
+
+# -- the shared parts of the reproductions (reproduce/_common.py) -------------------------------
+def test_settings_pick_the_mode_and_need_the_same_keys():
+    from distillery.reproduce._common import Settings
+
+    s = Settings(quick={"epochs": 2, "n": 10}, full={"epochs": 20, "n": 100})
+    assert s(True) == {"epochs": 2, "n": 10} and s(False) == {"epochs": 20, "n": 100}
+    s(True)["epochs"] = 99  # a copy each time
+    assert s(True)["epochs"] == 2
+    with pytest.raises(ValueError, match="different figures"):
+        Settings(quick={"epochs": 2}, full={"epochs": 20, "n": 100})
+
+
+def test_train_section_is_the_standard_literal():
+    from distillery.reproduce._common import ONE_CHECKPOINT, train_section
+
+    assert train_section(12) == {"epochs": 12, "optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "cosine"},
+                                 "eval_every": 12, "progress": False, "tensorboard": False}
+    got = train_section(5, 1e-3, weight_decay=0.05, warmup=20, eval_every=1, grad_accum=4, **ONE_CHECKPOINT)
+    assert got == {"epochs": 5, "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+                   "scheduler": {"name": "cosine", "warmup_steps": 20}, "eval_every": 1, "progress": False,
+                   "tensorboard": False, "grad_accum": 4, "checkpoint_every": 10**9, "keep_checkpoints": 1}
+    assert "scheduler" not in train_section(3, scheduler=None)
+
+
+def test_compose_merges_nested_sections_and_never_shares_them():
+    from distillery.reproduce._common import compose
+
+    base = {"data": {"dataset": "digits", "params": {"a": 1}}, "objectives": [{"kind": "ce"}]}
+    got = compose(base, {"data": {"params": {"b": 2}, "batch_size": 8}}, None, {"objectives": [{"kind": "kd"}]})
+    assert got == {"data": {"dataset": "digits", "params": {"a": 1, "b": 2}, "batch_size": 8}, "objectives": [{"kind": "kd"}]}
+    got["data"]["params"]["a"] = 5
+    assert base["data"]["params"] == {"a": 1}  # the fragments are left as they were
+
+
+def test_run_grid_trains_every_variant_for_every_seed_in_seed_major_order(tmp_path):
+    from distillery.reproduce import Context
+    from distillery.reproduce._common import by_metric, final, run_grid
+
+    calls = []
+
+    class Recording(Context):
+        def train(self, name, raw):
+            calls.append((name, raw))
+            return {"final": {"accuracy": raw["seed"] + len(name) / 100}, "wall_s": 0.0}
+
+    ctx = Recording(seeds=[0, 1], quick=True, out=tmp_path, log=lambda s: None)
+    variants = {"a": {"objectives": [{"kind": "ce"}]}, "b": lambda seed: {"student": {"name": f"m{seed}"}}, "ref": None}
+    measured = []
+    got = run_grid(ctx, variants, lambda run: measured.append(run) or (final()(run) if run.summary else -1.0))
+    assert [name for name, _ in calls] == ["a/seed0", "b/seed0", "a/seed1", "b/seed1"]
+    assert calls[3][1] == {"seed": 1, "student": {"name": "m1"}}
+    assert got == {"a": [0.07, 1.07], "b": [0.07, 1.07], "ref": [-1.0, -1.0]}
+    assert [(r.variant, r.seed, r.dir) for r in measured[:3]] == [("a", 0, tmp_path / "a/seed0"), ("b", 0, tmp_path / "b/seed0"),
+                                                                  ("ref", 0, tmp_path / "ref/seed0")]
+    assert by_metric({"a": [{"x": 1, "y": 2}, {"x": 3, "y": 4}]}) == {"a": {"x": [1, 3], "y": [2, 4]}}
+
+
+def test_train_teacher_returns_the_frozen_teacher_section(tmp_path):
+    from distillery.reproduce import Context
+    from distillery.reproduce._common import train_section, train_teacher
+
+    seen = {}
+
+    class Recording(Context):
+        def train(self, name, raw):
+            seen[name] = raw
+            return {"final": {"accuracy": 0.9}, "wall_s": 0.0}
+
+    ctx = Recording(seeds=[0], quick=True, out=tmp_path, log=lambda s: None)
+    model = {"name": "cnn1d", "params": {"channels": [8]}}
+    t = train_teacher(ctx, model, {"dataset": "mnist1d"}, train_section(3), precompute=True)
+    weights = str((tmp_path / "teacher" / "student.safetensors").resolve())
+    assert seen["teacher"]["seed"] == 0 and seen["teacher"]["objectives"] == [{"kind": "ce"}]
+    assert t.section == {"kind": "frozen", "model": {"name": "cnn1d", "params": {"channels": [8]}, "checkpoint": weights},
+                         "precompute": True}
+    assert (t.weights, t.accuracy, t.run_dir) == (weights, 0.9, tmp_path / "teacher")
+
+
+def test_the_recipes_config_fragments_are_valid_run_configs():
+    """Each recipe's fragments, composed as the reproductions compose them, pass the config schema,
+    and the Python builders make the same terms from them."""
+    from distillery.config import parse_config
+    from distillery.recipes import (
+        albef,
+        cmd,
+        cotap,
+        dcd,
+        degla,
+        deo,
+        dmae,
+        geodistill,
+        linfusion,
+        lingudistill,
+        msd,
+        pointdistiller,
+        sd_darts,
+        sd_further_pretraining,
+        sla,
+        ssld,
+        unidistill,
+        v_reflection,
+        vl2v_adip,
+        vlm_ood,
+    )
+    from distillery.recipes._fragments import frozen_teacher, terms_from
+    from distillery.reproduce._common import compose
+
+    frozen = {"teacher": frozen_teacher({"name": "mlp", "checkpoint": "t.safetensors"})}
+    fragments = {
+        "ssld": compose(frozen, ssld.ssld_config()),
+        "albef": albef.albef_config(),
+        "msd": msd.msd_config(),
+        "degla": degla.degla_config(),
+        "dcd": compose(frozen, dcd.dcd_config()),
+        "cmd": cmd.cmd_config(view=cmd.multicrop_spec(2, 4)),
+        "cotap": compose(frozen, cotap.cotap_config(32)),
+        "deo": deo.deo_config(64, {"name": "mlp", "checkpoint": "t.safetensors"}, [{"name": "noise", "std": 0.1}]),
+        "dmae": dmae.dmae_config("encoder.blocks.1", "encoder.blocks.1", teacher_model={"name": "mae_vit", "checkpoint": "t"}),
+        "geodistill": geodistill.geodistill_config(0.99),
+        "linfusion": compose(frozen, linfusion.linfusion_config(3, {"dim": 32})),
+        "lingudistill": compose(frozen, lingudistill.lingudistill_config()),
+        "pointdistiller": compose(frozen, pointdistiller.pointdistiller_config(64, 128)),
+        "sd_darts": sd_darts.sd_darts_config(),
+        "sd_further_pretraining": sd_further_pretraining.self_distillation_config(teacher_model={"name": "mae_vit", "checkpoint": "t"}),
+        "sla": sla.sla_config(4, {"name": "cnn2d"}),
+        "unidistill": compose(frozen, unidistill.unidistill_config()),
+        "v_reflection": compose(frozen, v_reflection.v_reflection_config()),
+        "vl2v_adip": compose(frozen, vl2v_adip.adip_config()),
+        "vlm_ood": compose(frozen, vlm_ood.vlm_ood_config()),
+    }
+    for name, fragment in fragments.items():
+        cfg = parse_config(compose({"data": {"dataset": "digits"}, "student": {"name": "mlp"}}, fragment), name)
+        terms = terms_from(fragment["objectives"])
+        assert [t.name for t in terms] == [t.name or t.kind for t in cfg.objectives], name
+    from torch import nn
+
+    from distillery import FrozenTeacher
+
+    assert [t.name for t in ssld.ssld_distiller(nn.Linear(2, 2), FrozenTeacher(nn.Linear(2, 2)), 2.0).terms] == ["kd"]
+    assert [t.name for t in unidistill.detection_terms()] == ["focal", "count"]  # the Python builder keeps its names

@@ -11,8 +11,8 @@ model (an EMA of both towers, ``m = 0.995``) embeds the pair; the student's imag
 is contrasted with the momentum text embeddings of the batch plus a queue of earlier ones
 (and the other way round), against the target ``(1 - alpha) * onehot + alpha *
 softmax(s_m / tau)`` where ``s_m`` are the momentum model's own similarities (``alpha =
-0.4``). In distillery: an ``ema`` teacher and two ``soft_contrastive`` terms (see
-:func:`distillery.recipes._itc.momentum_itc_terms`). ALBEF's fusion encoder, ITM and MLM are
+0.4``). In distillery: an ``ema`` teacher and two ``soft_contrastive`` terms
+(:func:`albef_config`; see :func:`distillery.recipes._itc.momentum_itc_objectives`). ALBEF's fusion encoder, ITM and MLM are
 not part of it. The miniature (``distillery reproduce albef``) checks that MoD is more
 robust than plain ITC when 30% of the training pairs are mismatched. Config:
 ``configs/albef_digits.yaml``.
@@ -20,12 +20,15 @@ robust than plain ITC when 30% of the training pairs are mismatched. Config:
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..engine.distiller import Distiller, Term
 from ..teachers import EMATeacher
 from . import Recipe, register_recipe
-from ._itc import momentum_itc_terms
+from ._fragments import ema_teacher, terms_from
+from ._itc import momentum_itc_objectives
 
 RECIPE = register_recipe(
     Recipe("albef", "Li et al. 2021, ALBEF, arXiv:2107.07651", "albef_digits.yaml",
@@ -36,9 +39,18 @@ RECIPE = register_recipe(
 MOMENTUM, ALPHA, TEMPERATURE = 0.995, 0.4, 0.07
 
 
+def albef_config(alpha: float = ALPHA, momentum: float = MOMENTUM, temperature: float = TEMPERATURE,
+                 queue_size: int = 256) -> dict[str, Any]:
+    """The method as config fragments: the momentum model (an ``ema`` teacher of constant
+    ``momentum``) and ITC with momentum distillation in both directions (``alpha=0``: ITC
+    without MoD) for a dual encoder (``{"image", "text"}`` outputs)."""
+    return {"teacher": ema_teacher(momentum, None),
+            "objectives": momentum_itc_objectives(alpha=alpha, temperature=temperature, queue_size=queue_size)}
+
+
 def albef_terms(alpha: float = ALPHA, temperature: float = TEMPERATURE, queue_size: int = 256) -> list[Term]:
     """ITC with momentum distillation in both directions (``alpha=0``: ITC without MoD)."""
-    return momentum_itc_terms(alpha=alpha, temperature=temperature, queue_size=queue_size)
+    return terms_from(albef_config(alpha, temperature=temperature, queue_size=queue_size)["objectives"])
 
 
 def albef_distiller(

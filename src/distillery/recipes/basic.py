@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import Recipe, register_recipe
 
 RECIPES = [
@@ -33,3 +35,9 @@ RECIPES = [
 
 for _recipe in RECIPES:
     register_recipe(_recipe)
+
+
+def hinton_kd_objectives(temperature: float = 4.0, kd_weight: float = 1.0, ce_weight: float = 1.0) -> list[dict[str, Any]]:
+    """Hinton et al.'s KD with labels, as ``objectives``: ``ce_weight * CE(y) + kd_weight * KD``
+    at ``temperature`` (terms ``ce`` and ``kd``); the usual baseline of the reproductions."""
+    return [{"kind": "ce", "weight": ce_weight}, {"kind": "kd", "params": {"temperature": temperature}, "weight": kd_weight}]

@@ -27,8 +27,10 @@ distillery:
   (:class:`~distillery.objectives.cross_level.CrossLevelDINO`).
 
 Plain DINO is the same wiring with mean pooling and the intra-level term only
-(:func:`dino_terms`). The details of CMD's losses beyond the abstract (weights, the exact
-inter-level pairing) are not given there; the choices above are stated in the docs page.
+(:func:`dino_terms`). :func:`cmd_config` states the method as config fragments (teacher,
+terms, multi-crop view); the Python builders make their terms from the same entries. The
+details of CMD's losses beyond the abstract (weights, the exact inter-level pairing) are not
+given there; the choices above are stated in the docs page.
 Config: ``configs/cmd_fine_grained_digits.yaml``; claim check: ``distillery reproduce cmd``.
 """
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,9 +49,9 @@ from ..data.multicrop import MultiCrop
 from ..engine.distiller import Distiller, Term
 from ..errors import CheckpointError, ShapeError
 from ..models.multicrop import MultiCropNet, multicrop_convnet
-from ..objectives import CrossLevelDINO, DINOLoss
 from ..teachers import EMATeacher
 from . import Recipe, register_recipe
+from ._fragments import ema_teacher, terms_from
 
 RECIPE = register_recipe(
     Recipe("cmd", "Bi et al. 2024, CMD, arXiv:2401.08860", "cmd_fine_grained_digits.yaml",
@@ -68,24 +71,65 @@ def multicrop_view(n_global: int = 2, n_local: int = 4, global_size: int | Seque
     return BatchView("x", MultiCrop(n_global, n_local, global_size, local_size))
 
 
+def multicrop_spec(n_global: int = 2, n_local: int = 4, global_size: int | None = None, local_size: int | None = None,
+                   global_scale: Sequence[float] | None = None, local_scale: Sequence[float] | None = None) -> dict[str, Any]:
+    """The ``multicrop`` view as a config transform (keys left out when ``None``: the view's
+    defaults, DINO's scales and sizes derived from the input)."""
+    spec: dict[str, Any] = {"name": "multicrop", "n_global": n_global, "n_local": n_local}
+    for key, value in (("global_size", global_size), ("local_size", local_size), ("global_scale", global_scale),
+                       ("local_scale", local_scale)):
+        if value is not None:
+            spec[key] = list(value) if isinstance(value, (list, tuple)) else value
+    return spec
+
+
+def dino_objective(out_dim: int, student_temperature: float = 0.1, teacher_temperature: float = 0.04,
+                   center_momentum: float | None = None, **entry: Any) -> dict[str, Any]:
+    """One ``dino`` entry of ``objectives`` (Caron et al. 2021): the teacher's outputs centred and
+    sharpened at ``teacher_temperature`` (no warm-up), the student's at ``student_temperature``;
+    ``center_momentum`` written when given; ``entry``: ``name``, ``inputs``, ``weight``."""
+    params: dict[str, Any] = {"out_dim": out_dim, "student_temperature": student_temperature,
+                              "teacher_temperature": teacher_temperature, "warmup_teacher_temperature": teacher_temperature}
+    if center_momentum is not None:
+        params["center_momentum"] = center_momentum
+    return {"kind": "dino", **entry, "params": params}
+
+
+def cmd_config(out_dim: int = 64, inter_weight: float | None = 1.0, teacher_temperature: float = 0.04,
+               student_temperature: float = 0.1, momentum: float = 0.996,
+               view: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The method as config fragments: the EMA teacher (``momentum`` -> 1), the intra-level
+    ``dino`` term (teacher image-level crops -> the student's every crop) and the inter-level
+    ``cross_level_dino`` term (weight ``inter_weight``; ``None``: plain DINO, intra only), and,
+    when ``view`` (a :func:`multicrop_spec`) is given, the student's multi-crop view."""
+    objectives = [dino_objective(out_dim, student_temperature, teacher_temperature, name="intra",
+                                 inputs={"student": "student.logits", "teacher": "teacher.global"})]
+    if inter_weight is not None:
+        objectives.append({"name": "inter", "kind": "cross_level_dino", "weight": inter_weight,
+                           "params": {"out_dim": out_dim, "student_temperature": student_temperature,
+                                      "target_temperature": teacher_temperature}})
+    out: dict[str, Any] = {"teacher": ema_teacher(momentum, 1.0), "objectives": objectives}
+    if view is not None:
+        out["data"] = {"student_view": {"transforms": [view]}}
+    return out
+
+
 def dino_terms(out_dim: int = 64, teacher_temperature: float = 0.04, student_temperature: float = 0.1) -> list[Term]:
     """Intra-level (teacher -> student) DINO: teacher image-level crops -> student's every crop."""
-    return [Term("intra", DINOLoss(out_dim, student_temperature, teacher_temperature, teacher_temperature),
-                 inputs={"student": "student.logits", "teacher": "teacher.global"})]
+    return terms_from(cmd_config(out_dim, None, teacher_temperature, student_temperature)["objectives"])
 
 
 def cmd_terms(out_dim: int = 64, inter_weight: float = 1.0, teacher_temperature: float = 0.04,
               student_temperature: float = 0.1) -> list[Term]:
     """CMD's two terms: intra-level :func:`dino_terms` plus the inter-level ``cross_level_dino``
     between the student's region-level and image-level outputs (weight ``inter_weight``)."""
-    inter = CrossLevelDINO(out_dim, student_temperature, teacher_temperature)
-    return dino_terms(out_dim, teacher_temperature, student_temperature) + [Term("inter", inter, weight=inter_weight)]
+    return terms_from(cmd_config(out_dim, inter_weight, teacher_temperature, student_temperature)["objectives"])
 
 
 def cmd_distiller(student: MultiCropNet, *, momentum: float = 0.996, view: BatchView | None = None,
                   inter_weight: float | None = 1.0, out_dim: int = 64) -> Distiller:
     """EMA teacher + multi-crop view + CMD terms (``inter_weight=None``: plain DINO terms)."""
-    terms = dino_terms(out_dim) if inter_weight is None else cmd_terms(out_dim, inter_weight)
+    terms = terms_from(cmd_config(out_dim, inter_weight, momentum=momentum)["objectives"])
     return Distiller(student, EMATeacher(student, momentum=momentum, final_momentum=1.0), terms,
                      student_view=view if view is not None else multicrop_view())
 

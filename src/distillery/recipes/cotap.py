@@ -17,18 +17,21 @@ relaxation). The paper trains it inside a self-distillation (EMA teacher) framew
 miniature uses a frozen teacher (a ViT pre-trained on single-digit canvases) and adds the term to
 plain dense feature distillation (cosine per patch: the "strict spatial alignment" baseline).
 ``distillery reproduce cotap`` measures a dense linear probe and the intra-class dispersion of
-patch features on two-digit canvases. Config: ``configs/cotap_canvas.yaml``.
+patch features on two-digit canvases. :func:`cotap_config` states the terms as config
+fragments. Config: ``configs/cotap_canvas.yaml``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..engine.distiller import Distiller, Term
-from ..objectives import CoTAP, FeatureCosine
 from ..teachers import Teacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("cotap", "Wen et al. 2025, CoTAP, arXiv:2509.09429", "cotap_canvas.yaml",
@@ -39,17 +42,30 @@ RECIPE = register_recipe(
 COTAP = {"prototypes": 16, "filter_dim": 32, "temperature": 0.05, "target_temperature": 0.1}
 
 
-def cotap_terms(dim: int, signal: str = "norm", weight: float = 1.0, feature_weight: float = 1.0, **params) -> list[Term]:
-    """Dense feature distillation (cosine per token at ``signal``) + the CoTAP ranking term.
+def feature_objective(signal: str = "norm", weight: float = 1.0) -> dict[str, Any]:
+    """Dense feature distillation (``feature``: 1 - cosine per token at ``signal``), the "strict
+    spatial alignment" baseline, as one ``objectives`` entry."""
+    return {"name": "feature", "kind": "cosine", "params": {"dim": -1}, "weight": weight,
+            "inputs": {"student": f"student.{signal}", "teacher": f"teacher.{signal}"}}
+
+
+def cotap_config(dim: int, signal: str = "norm", weight: float = 1.0, feature_weight: float = 1.0, **params: Any) -> dict[str, Any]:
+    """The method's ``objectives``: :func:`feature_objective` + the CoTAP ranking term ``cotap``.
 
     ``dim``: the student's token width; ``params`` override :data:`COTAP`. ``feature_weight=0``
     leaves the ranking term alone.
     """
     refs = {"student": f"student.{signal}", "teacher": f"teacher.{signal}"}
-    terms = [Term("cotap", CoTAP(dim, **{**COTAP, **params}), weight=weight, inputs=refs)]
+    objectives = [{"name": "cotap", "kind": "cotap", "params": {"dim": dim, **COTAP, **params}, "inputs": refs, "weight": weight}]
     if feature_weight:
-        terms.insert(0, Term("feature", FeatureCosine(dim=-1), weight=feature_weight, inputs=refs))
-    return terms
+        objectives.insert(0, feature_objective(signal, feature_weight))
+    return {"objectives": objectives}
+
+
+def cotap_terms(dim: int, signal: str = "norm", weight: float = 1.0, feature_weight: float = 1.0, **params) -> list[Term]:
+    """The terms of :func:`cotap_config`: dense feature distillation (cosine per token at
+    ``signal``) + the CoTAP ranking term."""
+    return terms_from(cotap_config(dim, signal, weight, feature_weight, **params)["objectives"])
 
 
 def cotap_distiller(student: nn.Module, teacher: Teacher, dim: int, **kwargs) -> Distiller:

@@ -24,7 +24,8 @@ Mechanism, as expressed here (details the abstract leaves open are marked [infer
   toward the teacher's (KL), and InfoNCE over the batch keeps the student's self-learning;
   per sample the two are mixed by difficulty (:class:`~distillery.weighting.difficulty.DifficultyWeight`).
 
-The baseline "student alone" is CLIP's symmetric InfoNCE (:func:`student_alone_terms`). The
+:func:`dcd_config` states the term as a config fragment. The baseline "student alone" is
+CLIP's symmetric InfoNCE (:func:`student_alone_terms`). The
 miniature (``distillery reproduce dcd``) fits a fusion teacher on digit halves (top half as
 "image", bottom half as "text"), compares the student alone with the student + DCD on R@1,
 and measures the retrieval speed-up of the student over the fusion teacher. Config (with a
@@ -45,9 +46,10 @@ from torch import nn
 from ..engine.distiller import Distiller, Term
 from ..engine.trainer import Trainer
 from ..models.miniature.fusion import FusionScorer
-from ..objectives import DynamicContrastiveDistillation, PairwiseScoreCE
+from ..objectives import PairwiseScoreCE
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 from ._itc import clip_terms
 
 RECIPE = register_recipe(
@@ -61,10 +63,20 @@ def student_alone_terms(temperature: float = 0.07) -> list[Term]:
     return clip_terms(temperature)
 
 
+def dcd_config(temperature: float = 0.07, teacher_temperature: float = 1.0, num_hard_negatives: int = 8,
+               weighting: str = "dynamic", alpha: float = 0.5) -> dict[str, Any]:
+    """The method's ``objectives``: one ``dcd`` term reading ``student.image``, ``student.text``
+    and ``teacher.scores`` (add a frozen pairwise-scoring ``teacher``; ``weighting="static"``
+    mixes with the constant ``alpha`` instead of the per-sample difficulty)."""
+    params = {"temperature": temperature, "teacher_temperature": teacher_temperature,
+              "num_hard_negatives": num_hard_negatives, "weighting": weighting, "alpha": alpha}
+    return {"objectives": [{"name": "dcd", "kind": "dcd", "params": params}]}
+
+
 def dcd_terms(temperature: float = 0.07, teacher_temperature: float = 1.0, num_hard_negatives: int = 8,
               weighting: str = "dynamic", alpha: float = 0.5) -> list[Term]:
     """One ``dcd`` term reading ``student.image``, ``student.text`` and ``teacher.scores``."""
-    return [Term("dcd", DynamicContrastiveDistillation(temperature, teacher_temperature, num_hard_negatives, weighting, alpha))]
+    return terms_from(dcd_config(temperature, teacher_temperature, num_hard_negatives, weighting, alpha)["objectives"])
 
 
 def dcd_distiller(student: nn.Module, teacher: nn.Module, **kwargs: Any) -> Distiller:

@@ -31,13 +31,15 @@ compositional accuracy and retained zero-shot accuracy. Config (the fine-tuning 
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..engine.distiller import Distiller, Term
-from ..objectives import FeatureCosine, HardNegativeContrast
 from ..teachers import EMATeacher
 from . import Recipe, register_recipe
-from ._itc import clip_terms
+from ._fragments import ema_teacher, terms_from
+from ._itc import clip_objectives
 
 RECIPE = register_recipe(
     Recipe("degla", "Hu et al. 2025, DeGLA, arXiv:2504.16801", "degla_digits.yaml",
@@ -45,22 +47,45 @@ RECIPE = register_recipe(
 )
 
 
+def finetune_objectives(temperature: float = 0.07, igc_weight: float = 1.0) -> list[dict[str, Any]]:
+    """Global ITC (both directions) + the image-grounded hard-negative contrast (no SD), as
+    ``objectives``."""
+    return clip_objectives(temperature) + [
+        {"name": "igc", "kind": "hard_negative_contrast", "params": {"temperature": temperature}, "weight": igc_weight}]
+
+
+def self_distillation_objectives(weight: float = 1.0) -> list[dict[str, Any]]:
+    """``sd_image`` / ``sd_text``: ``1 - cos`` between student and EMA-teacher embeddings."""
+    return [
+        {"name": "sd_image", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.image"}, "weight": weight},
+        {"name": "sd_text", "kind": "cosine", "inputs": {"student": "student.text", "teacher": "teacher.text"}, "weight": weight},
+    ]
+
+
+def degla_config(momentum: float = 0.999, temperature: float = 0.07, igc_weight: float = 1.0, sd_weight: float = 1.0,
+                 self_distill: bool = True) -> dict[str, Any]:
+    """The fine-tuning stage as config fragments: :func:`finetune_objectives` and, with
+    ``self_distill``, :func:`self_distillation_objectives` toward an ``ema`` teacher of constant
+    ``momentum`` (it starts as the pre-trained ``student.checkpoint``)."""
+    if not self_distill:
+        return {"objectives": finetune_objectives(temperature, igc_weight)}
+    return {"teacher": ema_teacher(momentum, None),
+            "objectives": finetune_objectives(temperature, igc_weight) + self_distillation_objectives(sd_weight)}
+
+
 def finetune_terms(temperature: float = 0.07, igc_weight: float = 1.0) -> list[Term]:
     """Global ITC (both directions) + the image-grounded hard-negative contrast (no SD)."""
-    return clip_terms(temperature) + [Term("igc", HardNegativeContrast(temperature), weight=igc_weight)]
+    return terms_from(finetune_objectives(temperature, igc_weight))
 
 
 def self_distillation_terms(weight: float = 1.0) -> list[Term]:
     """``sd_image`` / ``sd_text``: ``1 - cos`` between student and EMA-teacher embeddings."""
-    return [
-        Term("sd_image", FeatureCosine(), inputs={"student": "student.image", "teacher": "teacher.image"}, weight=weight),
-        Term("sd_text", FeatureCosine(), inputs={"student": "student.text", "teacher": "teacher.text"}, weight=weight),
-    ]
+    return terms_from(self_distillation_objectives(weight))
 
 
 def degla_terms(temperature: float = 0.07, igc_weight: float = 1.0, sd_weight: float = 1.0) -> list[Term]:
     """The full DeGLA miniature: :func:`finetune_terms` + :func:`self_distillation_terms`."""
-    return finetune_terms(temperature, igc_weight) + self_distillation_terms(sd_weight)
+    return terms_from(degla_config(temperature=temperature, igc_weight=igc_weight, sd_weight=sd_weight)["objectives"])
 
 
 def degla_distiller(

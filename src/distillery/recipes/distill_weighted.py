@@ -37,19 +37,20 @@ stage (sources fitted on their own domains via ``fit.data``; bank weights as num
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..engine.distiller import Distiller, Term
+from ..engine.distiller import Distiller
 from ..errors import ConfigError
-from ..models.rehead import Reheaded, fit_linear_head
-from ..objectives import CrossEntropy, FeatureCosine, SoftTargetKD
 from ..evaluation.probes import extract_features
-from ..weighting.similarity import SimilarityWeight, knn_task_similarity, leep
+from ..models.rehead import Reheaded, fit_linear_head
 from ..teachers import FrozenTeacher, PrecomputedTeacher, TeacherBank
+from ..weighting.similarity import SimilarityWeight, knn_task_similarity, leep
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("distill_weighted", "Borup, Phoo & Hariharan 2023, arXiv:2304.12314", "distill_weighted_mnist1d.yaml",
@@ -59,6 +60,7 @@ RECIPE = register_recipe(
 __all__ = [
     "distill_nearest_distiller",
     "distill_weighted_distiller",
+    "distill_weighted_objectives",
     "leep_scores",
     "score_sources",
     "target_teachers",
@@ -107,6 +109,31 @@ def target_teachers(sources: Sequence[nn.Module], labeled: Dataset, num_classes:
     return out
 
 
+def distill_weighted_objectives(
+    weights: Sequence[float],
+    *,
+    student_feature: str = "head:input",
+    ce_weight: float = 1.0,
+    kd_weight: float = 1.0,
+    feature_weight: float = 1.0,
+    temperature: float = 1.0,
+) -> list[dict[str, Any]]:
+    """DistillWeighted's terms as ``objectives``, for a ``bank`` teacher (``combine: probs``,
+    member weights ``weights``, normalised) whose members output ``logits`` and ``features``:
+    ``ce`` on the labels, ``kd`` toward the bank's weighted pseudo-labels (when ``kd_weight >
+    0``) and, per member ``i`` of positive weight, ``feat{i}``: ``1 - cos`` between the student's
+    ``student_feature`` through its own linear adapter and the member's ``features``, weighted
+    ``feature_weight * w_i``."""
+    objectives: list[dict[str, Any]] = [{"kind": "ce", "weight": ce_weight}]
+    if kd_weight > 0:
+        objectives.append({"kind": "kd", "params": {"temperature": temperature}, "weight": kd_weight})
+    for i, wi in enumerate(weights):
+        if wi > 0 and feature_weight > 0:
+            objectives.append({"name": f"feat{i}", "kind": "cosine", "weight": feature_weight * wi, "adapter": "linear",
+                               "inputs": {"student": f"student.{student_feature}", "teacher": f"teacher.{i}/features"}})
+    return objectives
+
+
 def distill_weighted_distiller(
     student: nn.Module,
     teachers: Sequence[nn.Module],
@@ -120,7 +147,8 @@ def distill_weighted_distiller(
     precompute: Dataset | None = None,
 ) -> Distiller:
     """DistillWeighted's distiller: CE on labels + KD toward the weighted pseudo-labels + one
-    weighted cosine feature term per source, each through its own linear adapter.
+    weighted cosine feature term per source, each through its own linear adapter
+    (:func:`distill_weighted_objectives`).
 
     ``teachers``: target-task teachers with outputs ``logits`` and ``features`` (see
     :func:`target_teachers`); ``weights``: one relevance weight per teacher (normalised to sum
@@ -141,13 +169,8 @@ def distill_weighted_distiller(
     else:
         members = [FrozenTeacher(t) for t in teachers]
     bank = TeacherBank(members, weights=w.tolist(), combine="probs")
-    terms = [Term("ce", CrossEntropy(), weight=ce_weight)]
-    if kd_weight > 0:
-        terms.append(Term("kd", SoftTargetKD(temperature=temperature), weight=kd_weight))
-    for i, wi in enumerate(w.tolist()):
-        if wi > 0 and feature_weight > 0:
-            terms.append(Term(f"feat{i}", FeatureCosine(), weight=feature_weight * wi, adapter="linear",
-                              inputs={"student": f"student.{student_feature}", "teacher": f"teacher.{i}/features"}))
+    terms = terms_from(distill_weighted_objectives(w.tolist(), student_feature=student_feature, ce_weight=ce_weight, kd_weight=kd_weight,
+                                                   feature_weight=feature_weight, temperature=temperature))
     return Distiller(student, bank, terms)
 
 

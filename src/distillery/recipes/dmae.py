@@ -22,7 +22,8 @@ How distillery expresses it:
   (DMAE's L1 between L2-normalised tokens) from the student's block output, through an
   ``mlp`` adapter (DMAE's projection head), to the teacher's.
 
-:func:`dmae_terms` and :func:`dmae_distiller` build that; :func:`with_encoder` makes the
+:func:`dmae_config` states that as config fragments, :func:`dmae_terms` and
+:func:`dmae_distiller` build it; :func:`with_encoder` makes the
 "fine-tuned teacher" of the paper's baseline (an MAE whose encoder weights are replaced by a
 fine-tuned ViT's). Config: ``configs/dmae_mnist1d.yaml`` (the teacher is pre-trained by MAE
 inside the run). Claim check: ``distillery reproduce dmae``.
@@ -31,15 +32,16 @@ inside the run). Claim check: ``distillery reproduce dmae``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
 from ..models.mae import MaskedAutoencoder
-from ..objectives import FeatureNormalizedL1, MaskedReconstruction
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import frozen_teacher, terms_from
 
 RECIPE = register_recipe(
     Recipe("dmae", "Bai et al. 2023, DMAE, arXiv:2208.12256", "dmae_mnist1d.yaml",
@@ -47,15 +49,38 @@ RECIPE = register_recipe(
 )
 
 
+def mae_objective(name: str | None = "mae", norm_target: bool = False) -> dict[str, Any]:
+    """Masked reconstruction (MSE on the removed patches) as one ``objectives`` entry."""
+    entry: dict[str, Any] = {"kind": "masked_reconstruction"}
+    if name is not None:
+        entry["name"] = name
+    if norm_target:
+        entry["params"] = {"norm_target": True}
+    return entry
+
+
+def dmae_config(student_layer: str, teacher_layer: str, weight: float = 1.0, adapter: str = "mlp", norm_target: bool = False,
+                teacher_model: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The method as config fragments: ``mae`` (masked reconstruction) and ``distill``
+    (normalised L1 between the student's block ``student_layer`` and the teacher's
+    ``teacher_layer``, the student's through ``adapter``); with ``teacher_model`` (an
+    ``mae_vit`` model section with its checkpoint) also the frozen teacher, truncated after
+    ``teacher_layer``."""
+    out: dict[str, Any] = {"objectives": [
+        mae_objective("mae", norm_target),
+        {"kind": "normalized_l1", "name": "distill", "weight": weight, "adapter": adapter,
+         "inputs": {"student": f"student.{student_layer}", "teacher": f"teacher.{teacher_layer}"}},
+    ]}
+    if teacher_model is not None:
+        out["teacher"] = frozen_teacher(teacher_model, until=teacher_layer)
+    return out
+
+
 def dmae_terms(student_layer: str, teacher_layer: str, weight: float = 1.0, adapter: str = "mlp", norm_target: bool = False) -> list[Term]:
     """``mae`` (masked reconstruction) and ``distill`` (normalised L1 between the student's
     block ``student_layer`` and the teacher's ``teacher_layer``, both on the visible tokens
-    ``[B, 1 + n_visible, dim]``, the student's through ``adapter``)."""
-    return [
-        Term("mae", MaskedReconstruction(norm_target=norm_target)),
-        Term("distill", FeatureNormalizedL1(dim=-1), weight=weight, adapter=adapter,
-             inputs={"student": f"student.{student_layer}", "teacher": f"teacher.{teacher_layer}"}),
-    ]
+    ``[B, 1 + n_visible, dim]``, the student's through ``adapter``): :func:`dmae_config`."""
+    return terms_from(dmae_config(student_layer, teacher_layer, weight, adapter, norm_target)["objectives"])
 
 
 def dmae_distiller(

@@ -14,7 +14,9 @@ position (the released code: ``1 - cos`` per patch after a feature projector). G
 balancer :class:`distillery.weighting.gam.GradientGuidedModulation`; it modulates the weight of that
 term from the share of the gradient that lands on the injection layer.
 
-* :func:`injection_terms`: cross-entropy + the injected cosine term;
+* :func:`injection_objectives` / :func:`gam_config`: cross-entropy + the injected cosine
+  term, and GAM's ``weighting`` section, as config fragments;
+* :func:`injection_terms`: those terms, built;
 * :func:`calibrate_rho`: a target share for GAM without looking at accuracy (see its
   docstring; the paper sets ``rho`` by hand, 11% for its detectors);
 * :func:`gam_distiller`: the distiller with GAM.
@@ -25,16 +27,17 @@ Config: ``configs/gam_digits.yaml``. Claim check: ``distillery reproduce gam``.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
-from ..weighting.gam import GradientGuidedModulation, gradient_share
-from ..objectives import CrossEntropy, FeatureCosine
 from ..teachers import Teacher
+from ..weighting.gam import GradientGuidedModulation, gradient_share
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("gam", "Liao et al. 2025, RT-DETRv4, arXiv:2510.25257", "gam_digits.yaml",
@@ -42,14 +45,31 @@ RECIPE = register_recipe(
 )
 
 
-def injection_terms(student_layer: str, teacher_layer: str, weight: float = 1.0, adapter: str = "conv1x1") -> list[Term]:
-    """``ce`` and ``inject``: 1 - cos between the projected student map and the teacher's, per
-    position (``[B, C, H, W]`` maps: cosine over channels, mean over positions)."""
+def injection_objectives(student_layer: str, teacher_layer: str, weight: float = 1.0, adapter: str = "conv1x1") -> list[dict[str, Any]]:
+    """``ce`` and ``inject`` as ``objectives``: 1 - cos between the projected student map and
+    the teacher's, per position (``[B, C, H, W]`` maps: cosine over channels, mean over
+    positions; ``cosine``'s default ``dim=1``)."""
     return [
-        Term("ce", CrossEntropy()),
-        Term("inject", FeatureCosine(dim=1), weight=weight, adapter=adapter,
-             inputs={"student": f"student.{student_layer}", "teacher": f"teacher.{teacher_layer}"}),
+        {"kind": "ce"},
+        {"kind": "cosine", "name": "inject", "weight": weight, "adapter": adapter,
+         "inputs": {"student": f"student.{student_layer}", "teacher": f"teacher.{teacher_layer}"}},
     ]
+
+
+def gam_config(student_layer: str, teacher_layer: str, *, rho: float, delta: float, every: int, initial: float = 1.0,
+               params: str | None = None, adapter: str = "conv1x1") -> dict[str, Any]:
+    """The method as config fragments: :func:`injection_objectives` (the injection weight
+    starting at ``initial``) and the ``weighting.gam`` section that modulates it every
+    ``every`` steps toward the gradient share ``rho`` +- ``delta`` on the student module
+    ``params`` (default: ``student_layer``, the injection layer itself)."""
+    gam = {"task": "ce", "term": "inject", "params": params or student_layer, "rho": rho, "delta": delta,
+           "initial": initial, "every": every}
+    return {"objectives": injection_objectives(student_layer, teacher_layer, initial, adapter), "weighting": {"gam": gam}}
+
+
+def injection_terms(student_layer: str, teacher_layer: str, weight: float = 1.0, adapter: str = "conv1x1") -> list[Term]:
+    """The terms of :func:`injection_objectives`: ``ce`` and ``inject``."""
+    return terms_from(injection_objectives(student_layer, teacher_layer, weight, adapter))
 
 
 def calibrate_rho(distiller: Distiller, batch: dict, term: str = "inject", task: str = "ce", params: str = "") -> dict[str, float]:
@@ -66,8 +86,7 @@ def calibrate_rho(distiller: Distiller, batch: dict, term: str = "inject", task:
     """
     if not params:
         raise ConfigError("calibrate_rho: give the injection module's path prefix (e.g. 'blocks.2').")
-    values = distiller._forward_terms(batch)
-    distiller._pending.clear()
+    values = distiller.term_values(batch)
     everything = distiller.trainable_parameters()
     inside = [p for n, p in distiller.student.named_parameters() if n == params or n.startswith(params + ".")]
     if not inside:
@@ -101,6 +120,6 @@ def gam_distiller(
     params: str | None = None,
 ) -> Distiller:
     """CE + injected cosine term, its weight modulated by GAM on the student module
-    ``params`` (default: ``student_layer``, the injection layer itself)."""
-    gam = GradientGuidedModulation("ce", "inject", params or student_layer, rho=rho, delta=delta, initial=initial, every=every)
-    return Distiller(student, teacher, injection_terms(student_layer, teacher_layer, initial), balancer=gam)
+    ``params`` (default: ``student_layer``, the injection layer itself): :func:`gam_config`."""
+    cfg = gam_config(student_layer, teacher_layer, rho=rho, delta=delta, every=every, initial=initial, params=params)
+    return Distiller(student, teacher, terms_from(cfg["objectives"]), balancer=GradientGuidedModulation(**cfg["weighting"]["gam"]))

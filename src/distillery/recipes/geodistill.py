@@ -28,6 +28,7 @@ geodistill`` runs both stages).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,24 +36,30 @@ from torch import nn
 
 from ..batch import BatchView
 from ..data.miniature.fov import FieldOfView
-from ..engine.distiller import Distiller, Term
+from ..engine.distiller import Distiller
 from ..errors import ConfigError, ShapeError
-from ..objectives import SoftTargetKD
 from ..teachers import EMATeacher
 from . import Recipe, register_recipe
+from ._fragments import ema_teacher, terms_from
 
 RECIPE = register_recipe(
     Recipe("geodistill", "Tong et al. 2025, GeoDistill, arXiv:2507.10935", "geodistill_digits.yaml",
            "EMA teacher on the panorama teaches the same network on a limited field of view (heatmap KL)")
 )
 
-__all__ = ["RECIPE", "ema_momentum_per_step", "geodistill_distiller", "localization_metrics", "ring_fov"]
+__all__ = ["RECIPE", "ema_momentum_per_step", "fov_spec", "geodistill_config", "geodistill_distiller", "localization_metrics",
+           "ring_fov"]
 
 
 def ring_fov(min_degrees: float = 180.0, max_degrees: float = 240.0, ring: int = 8) -> FieldOfView:
     """FoV masking of the panorama ring (the last ``ring`` rows of a ``tile_localization``
     sample); the paper's code draws 180 to 240 degrees."""
     return FieldOfView(min_degrees, max_degrees, dim=1, start=-ring, length=ring)
+
+
+def fov_spec(min_degrees: float = 180.0, max_degrees: float = 240.0, ring: int = 8) -> dict[str, Any]:
+    """:func:`ring_fov` as a config transform (``fov_mask``)."""
+    return {"name": "fov_mask", "min_degrees": min_degrees, "max_degrees": max_degrees, "dim": 1, "start": -ring, "length": ring}
 
 
 def ema_momentum_per_step(per_epoch: float, steps_per_epoch: int) -> float:
@@ -62,14 +69,24 @@ def ema_momentum_per_step(per_epoch: float, steps_per_epoch: int) -> float:
     return per_epoch ** (1.0 / steps_per_epoch)
 
 
+def geodistill_config(momentum: float, fov: dict[str, Any] | None = None, temperature: float = 1.0) -> dict[str, Any]:
+    """Stage 2 as config fragments: an ``ema`` teacher (constant ``momentum``) reading the full
+    input ``x``, the student reading ``fov`` (a :func:`fov_spec`; default the paper's 180-240
+    degrees), and ``kd`` between the location heatmaps; no label term."""
+    return {"teacher": ema_teacher(momentum, None, view="x"),
+            "objectives": [{"kind": "kd", "params": {"temperature": temperature}}],
+            "data": {"student_view": [fov if fov is not None else fov_spec()]}}
+
+
 def geodistill_distiller(student: nn.Module, fov: FieldOfView, momentum: float, temperature: float = 1.0) -> Distiller:
-    """Stage 2: EMA teacher on the full input ``x``; student on ``fov(x)``; ``kd`` on the heatmaps.
+    """Stage 2: EMA teacher on the full input ``x``; student on ``fov(x)``; ``kd`` on the heatmaps
+    (:func:`geodistill_config`).
 
     Build it after the student holds its stage-1 weights: the teacher starts as their copy.
     """
     teacher = EMATeacher(student, momentum=momentum, final_momentum=None, view="x")
-    return Distiller(student, teacher, [Term("kd", SoftTargetKD(temperature=temperature))],
-                     student_view=BatchView("x", fov))
+    terms = terms_from(geodistill_config(momentum, temperature=temperature)["objectives"])
+    return Distiller(student, teacher, terms, student_view=BatchView("x", fov))
 
 
 def localization_metrics(logits: torch.Tensor, cells: torch.Tensor, grid: int) -> dict[str, float]:

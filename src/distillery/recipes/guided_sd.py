@@ -33,7 +33,6 @@ from torch.utils.data import Dataset
 from ..engine.distiller import Term
 from ..engine.generations import GenerationLoop, TermsFn, previous_generation
 from ..errors import ConfigError
-from ..objectives import CrossEntropy, FeatureMSE, SoftTargetKD
 from ..theory.krr import (
     closed_form_fit,
     guided_path,
@@ -41,8 +40,8 @@ from ..theory.krr import (
     optimal_alpha,
     step_candidates,
 )
-from ..weighting import GroundTruthMix
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 __all__ = [
     "RECIPE",
@@ -50,6 +49,7 @@ __all__ = [
     "closed_form_fit",
     "guided_path",
     "guided_sd_loop",
+    "guided_sd_objectives",
     "guided_sd_terms",
     "limit_fit",
     "optimal_alpha",
@@ -64,28 +64,35 @@ RECIPE = register_recipe(
 TASKS = ("classification", "regression")
 
 
-def guided_sd_terms(alpha: float, task: str = "classification", temperature: float = 1.0) -> TermsFn:
-    """The terms of each generation: labels at generation 0, the mixed target after.
+def guided_sd_objectives(alpha: float, generation: int, task: str = "classification", temperature: float = 1.0) -> list[dict[str, Any]]:
+    """The ``objectives`` of generation ``generation``: labels at generation 0, the mixed target after.
 
-    * ``"classification"``: generation 0 is cross-entropy; generation ``t >= 1`` is KD (with
-      ``temperature``) toward ``alpha * one_hot(y) + (1 - alpha) * softmax(teacher / T)``.
-    * ``"regression"`` (targets ``y`` ``[B, D]``): generation 0 is the squared error to ``y``;
-      generation ``t >= 1`` the squared error to ``alpha * y + (1 - alpha) * teacher`` (the
-      paper's weighted MSE up to a constant).
+    * ``"classification"``: generation 0 is cross-entropy (``ce``); generation ``t >= 1`` is KD
+      (``sd``, with ``temperature``) toward ``alpha * one_hot(y) + (1 - alpha) * softmax(teacher / T)``.
+    * ``"regression"`` (targets ``y`` ``[B, D]``): generation 0 is the squared error to ``y``
+      (``mse``); generation ``t >= 1`` the squared error to ``alpha * y + (1 - alpha) * teacher``
+      (``sd``; the paper's weighted MSE up to a constant).
     """
     if task not in TASKS:
         raise ConfigError(f"guided_sd: task must be one of {TASKS}, got {task!r}.")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"guided_sd: alpha must be in [0, 1], got {alpha}.")
+    if task == "classification":
+        if generation == 0:
+            return [{"kind": "ce"}]
+        return [{"kind": "kd", "name": "sd", "params": {"temperature": temperature}, "mix": {"alpha": alpha}}]
+    if generation == 0:
+        return [{"kind": "mse", "name": "mse", "inputs": {"teacher": "batch.y"}}]
+    return [{"kind": "mse", "name": "sd", "mix": {"alpha": alpha}}]
+
+
+def guided_sd_terms(alpha: float, task: str = "classification", temperature: float = 1.0) -> TermsFn:
+    """The terms of each generation (:func:`guided_sd_objectives`): labels at generation 0,
+    the mixed target ``alpha * y + (1 - alpha) * teacher`` after."""
+    guided_sd_objectives(alpha, 0, task, temperature)  # checks the arguments now, not at the first generation
 
     def terms(generation: int) -> list[Term]:
-        if task == "classification":
-            if generation == 0:
-                return [Term("ce", CrossEntropy())]
-            return [Term("sd", SoftTargetKD(temperature=temperature), mix=GroundTruthMix(alpha))]
-        if generation == 0:
-            return [Term("mse", FeatureMSE(), inputs={"teacher": "batch.y"})]
-        return [Term("sd", FeatureMSE(), mix=GroundTruthMix(alpha))]
+        return terms_from(guided_sd_objectives(alpha, generation, task, temperature))
 
     return terms
 

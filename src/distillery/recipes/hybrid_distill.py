@@ -34,6 +34,7 @@ and head diversity). Miniature: ``distillery reproduce hybrid_distill``; config:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,36 +43,46 @@ from torch.utils.data import Dataset
 from .. import taps
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
-from ..models.reference import ViT
 from ..models.miniature.token_masking import TokenMaskingViT
-from ..objectives import MaskedTokenFeatureKD, MaskedTokenRelationKD
+from ..models.reference import ViT
 from ..teachers import FrozenTeacher, TeacherBank
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("hybrid_distill", "Shi et al. 2023, arXiv:2306.15876", "hybrid_distill_mnist1d.yaml",
            "MIM-teacher token relations + supervised-teacher features, progressive token masking (Hybrid Distill)")
 )
 
-__all__ = ["hybrid_distiller", "hybrid_terms", "single_teacher_terms", "token_features"]
+__all__ = ["hybrid_distiller", "hybrid_objectives", "hybrid_terms", "single_teacher_terms", "token_features"]
+
+
+def hybrid_objectives(relation_blocks: Sequence[int], relation_member: int = 0, feature_member: int = 1,
+                      relation_weight: float = 1.0, feature_weight: float = 1.0) -> list[dict[str, Any]]:
+    """The terms as ``objectives``: ``relation{i}`` (``masked_token_relation``: student block ``i``
+    vs teacher member ``relation_member``'s block ``i``) and ``feature``
+    (``masked_token_feature``: student ``tokens`` vs member ``feature_member``'s ``norm``), all
+    restricted to the student's kept tokens."""
+    if not relation_blocks:
+        raise ConfigError("hybrid_distill: give at least one relation block.")
+    objectives = [
+        {"name": f"relation{i}", "kind": "masked_token_relation", "weight": relation_weight,
+         "inputs": {"student": f"student.blocks.{i}.attn.softmax",
+                    "teacher": f"teacher.{relation_member}/blocks.{i}.attn.softmax", "keep": "student.keep"}}
+        for i in relation_blocks
+    ]
+    objectives.append({"name": "feature", "kind": "masked_token_feature", "weight": feature_weight,
+                       "inputs": {"student": "student.tokens", "teacher": f"teacher.{feature_member}/norm", "keep": "student.keep"}})
+    return objectives
 
 
 def hybrid_terms(relation_blocks: Sequence[int], relation_member: int = 0, feature_member: int = 1,
                  relation_weight: float = 1.0, feature_weight: float = 1.0) -> list[Term]:
     """Relation terms ``relation{i}`` (student block ``i`` vs teacher member ``relation_member``'s
     block ``i``) and the feature term ``feature`` (student ``tokens`` vs member
-    ``feature_member``'s ``norm``), all restricted to the student's kept tokens."""
-    if not relation_blocks:
-        raise ConfigError("hybrid_distill: give at least one relation block.")
-    terms = [
-        Term(f"relation{i}", MaskedTokenRelationKD(), weight=relation_weight,
-             inputs={"student": f"student.blocks.{i}.attn.softmax",
-                     "teacher": f"teacher.{relation_member}/blocks.{i}.attn.softmax", "keep": "student.keep"})
-        for i in relation_blocks
-    ]
-    terms.append(Term("feature", MaskedTokenFeatureKD(), weight=feature_weight,
-                      inputs={"student": "student.tokens", "teacher": f"teacher.{feature_member}/norm", "keep": "student.keep"}))
-    return terms
+    ``feature_member``'s ``norm``), all restricted to the student's kept tokens
+    (:func:`hybrid_objectives`)."""
+    return terms_from(hybrid_objectives(relation_blocks, relation_member, feature_member, relation_weight, feature_weight))
 
 
 def single_teacher_terms(relation_blocks: Sequence[int], member: int, **weights: float) -> list[Term]:

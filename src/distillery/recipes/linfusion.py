@@ -13,7 +13,7 @@ How distillery expresses it:
   attention for :class:`~distillery.models.linear_attention.LinearAttention` initialised from it
   (:func:`distillery.models.surgery.swap_modules`); the config form is the ``linear_vit`` model with
   ``inherit_teacher_weights: true`` under a frozen ``vit`` teacher;
-* the terms (:func:`linfusion_terms`): the task loss, the teacher's outputs (KD on logits; the
+* the terms (:func:`linfusion_terms`, as config fragments :func:`linfusion_config`): the task loss, the teacher's outputs (KD on logits; the
   paper matches the noise prediction) and every layer's attention output (feature MSE on the
   tapped ``blocks.i.attn`` of student and teacher, as the paper's feature loss);
 * :func:`token_scaling` measures what the swap buys: time of a forward+backward pass and the
@@ -27,7 +27,8 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,9 +37,9 @@ from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
 from ..models.linear_attention import LinearAttention, linearize_attention
 from ..models.reference import Attention
-from ..objectives import CrossEntropy, FeatureMSE, SoftTargetKD
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("linfusion", "Liu et al. 2024, LinFusion, arXiv:2409.02097", "linfusion_digits.yaml",
@@ -56,22 +57,37 @@ def linfusion_student(teacher: nn.Module, mid_dim: int | None = None) -> nn.Modu
     return student.train()
 
 
-def linfusion_terms(depth: int, *, ce: float = 1.0, kd: float = 1.0, feature: float = 1.0, temperature: float = 1.0,
-                    attention_path: str = "blocks.{i}.attn") -> list[Term]:
-    """``ce``, ``kd`` (logits) and ``feat_<i>`` (MSE of attention outputs ``[B, N, dim]``) for
-    the ``depth`` blocks; a weight of 0 leaves its term out."""
-    terms: list[Term] = []
+def linfusion_config(depth: int, vit: Mapping[str, Any] | None = None, *, ce: float = 1.0, kd: float = 1.0, feature: float = 1.0,
+                     temperature: float = 1.0, attention_path: str = "blocks.{i}.attn") -> dict[str, Any]:
+    """The method as config fragments: ``objectives`` ``ce``, ``kd`` (logits) and ``feat_<i>``
+    (MSE of attention outputs ``[B, N, dim]``) for the ``depth`` blocks, a weight of 0 leaving
+    its term out; with ``vit`` (the teacher's ``vit`` params) also the student, a ``linear_vit``
+    of that shape initialised from the teacher's weights (``inherit_teacher_weights``). Add a
+    frozen ``vit`` teacher."""
+    objectives: list[dict[str, Any]] = []
     if ce:
-        terms.append(Term("ce", CrossEntropy(), weight=ce))
+        objectives.append({"kind": "ce", "weight": ce})
     if kd:
-        terms.append(Term("kd", SoftTargetKD(temperature), weight=kd))
+        objectives.append({"kind": "kd", "params": {"temperature": temperature}, "weight": kd})
     if feature:
         for i in range(depth):
             path = attention_path.format(i=i)
-            terms.append(Term(f"feat_{i}", FeatureMSE(), weight=feature, inputs={"student": f"student.{path}", "teacher": f"teacher.{path}"}))
-    if not terms:
+            objectives.append({"kind": "mse", "name": f"feat_{i}", "weight": feature,
+                               "inputs": {"student": f"student.{path}", "teacher": f"teacher.{path}"}})
+    if not objectives:
         raise ConfigError("linfusion_terms: every weight is 0; nothing to train.")
-    return terms
+    out: dict[str, Any] = {"objectives": objectives}
+    if vit is not None:
+        out["student"] = {"name": "linear_vit", "params": dict(vit, inherit_teacher_weights=True)}
+    return out
+
+
+def linfusion_terms(depth: int, *, ce: float = 1.0, kd: float = 1.0, feature: float = 1.0, temperature: float = 1.0,
+                    attention_path: str = "blocks.{i}.attn") -> list[Term]:
+    """``ce``, ``kd`` (logits) and ``feat_<i>`` (MSE of attention outputs ``[B, N, dim]``) for
+    the ``depth`` blocks; a weight of 0 leaves its term out (:func:`linfusion_config`)."""
+    cfg = linfusion_config(depth, ce=ce, kd=kd, feature=feature, temperature=temperature, attention_path=attention_path)
+    return terms_from(cfg["objectives"])
 
 
 def linfusion_distiller(teacher: nn.Module, depth: int, mid_dim: int | None = None, **weights) -> Distiller:

@@ -33,6 +33,7 @@ LinguDistill (or with replay, plain cross-entropy on the same mixture). Config (
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,33 +41,46 @@ from torch import nn
 
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
-from ..objectives import CrossEntropy
-from ..objectives.routed import RoutedTokenKD
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("lingudistill", "LinguDistill (2026), selective cross-modal distillation", "lingudistill_grammar.yaml",
            "The frozen pre-adaptation LM teaches the adapted model on language-only data (routed token KD)")
 )
 
-__all__ = ["RECIPE", "caption_accuracy", "language_perplexity", "lingudistill_distiller", "lm_term", "recovered_fraction"]
+__all__ = ["RECIPE", "caption_accuracy", "language_perplexity", "lingudistill_config", "lingudistill_distiller", "lm_objective",
+           "lm_term", "recovered_fraction"]
 
 LM_INPUTS = {"student": "student.tokens", "target": "student.targets"}
 
 
+def lm_objective(weight: float = 1.0) -> dict[str, Any]:
+    """``lm``: next-token cross-entropy on every text position (targets ``-1`` are skipped), as
+    one ``objectives`` entry."""
+    return {"kind": "ce", "name": "lm", "weight": weight, "inputs": dict(LM_INPUTS)}
+
+
+def lingudistill_config(temperature: float = 1.0, kd_weight: float = 1.0) -> dict[str, Any]:
+    """The recovery stage's ``objectives``: :func:`lm_objective` on all samples + ``routed_kd``
+    toward the teacher (the frozen pre-adaptation LM, to add as ``teacher``) on the samples the
+    router marks as language-only."""
+    return {"objectives": [lm_objective(), {"kind": "routed_kd", "params": {"temperature": temperature}, "weight": kd_weight}]}
+
+
 def lm_term(weight: float = 1.0) -> Term:
     """Next-token cross-entropy on every text position (targets ``-1`` are skipped)."""
-    return Term("lm", CrossEntropy(), weight=weight, inputs=dict(LM_INPUTS))
+    return terms_from([lm_objective(weight)])[0]
 
 
 def lingudistill_distiller(student: nn.Module, pre_adaptation_lm: nn.Module, temperature: float = 1.0,
                            kd_weight: float = 1.0) -> Distiller:
     """Cross-entropy on all samples + token KD toward the frozen pre-adaptation LM on the
-    samples the router marks as language-only. ``student`` and ``pre_adaptation_lm`` are
-    ``tiny_lm`` models (or any model returning ``tokens``, ``targets`` and ``language``)."""
-    return Distiller(student, FrozenTeacher(pre_adaptation_lm),
-                     [lm_term(), Term("routed_kd", RoutedTokenKD(temperature), weight=kd_weight)])
+    samples the router marks as language-only (:func:`lingudistill_config`). ``student`` and
+    ``pre_adaptation_lm`` are ``tiny_lm`` models (or any model returning ``tokens``, ``targets``
+    and ``language``)."""
+    return Distiller(student, FrozenTeacher(pre_adaptation_lm), terms_from(lingudistill_config(temperature, kd_weight)["objectives"]))
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ accumulated over several micro-batches per optimizer step, and the momentum keys
 micro-batch already seen in the step are negatives for the next ones (the keys need no
 gradient, so this enlarges the contrastive batch at no memory cost). In distillery: an
 ``ema`` teacher, two ``soft_contrastive`` terms with ``step_negatives: true`` and a queue,
-and ``train.grad_accum``. Because the distiller runs one forward per micro-batch,
+and ``train.grad_accum`` (:func:`msd_config`). Because the distiller runs one forward per micro-batch,
 micro-batch ``j`` of a step sees the keys of micro-batches ``1..j`` of that step plus the
 queue (the queue holds every earlier step's keys), not the keys of the later micro-batches.
 
@@ -33,7 +33,8 @@ from torch import nn
 from ..engine.distiller import Distiller, Term
 from ..teachers import EMATeacher
 from . import Recipe, register_recipe
-from ._itc import momentum_itc_terms
+from ._fragments import ema_teacher, terms_from
+from ._itc import momentum_itc_objectives
 
 RECIPE = register_recipe(
     Recipe("msd", "Pham et al. 2025, MSD, arXiv:2512.02438", "msd_digits.yaml",
@@ -41,10 +42,22 @@ RECIPE = register_recipe(
 )
 
 
+def msd_config(alpha: float = 0.4, momentum: float = 0.995, temperature: float = 0.07, queue_size: int = 256,
+               accumulation: int = 4) -> dict[str, Any]:
+    """The method as config fragments: an ``ema`` teacher of constant ``momentum``, momentum-
+    distilled ITC in both directions whose negatives include the momentum keys of the earlier
+    micro-batches of the same optimizer step (``step_negatives``), and ``train.grad_accum``
+    (``accumulation`` micro-batches of ``data.batch_size`` per optimizer step)."""
+    return {"teacher": ema_teacher(momentum, None),
+            "objectives": momentum_itc_objectives(alpha=alpha, temperature=temperature, queue_size=queue_size,
+                                                  step_negatives=True),
+            "train": {"grad_accum": accumulation}}
+
+
 def msd_terms(alpha: float = 0.4, temperature: float = 0.07, queue_size: int = 256) -> list[Term]:
     """Momentum-distilled ITC in both directions whose negatives include the momentum keys
     of the earlier micro-batches of the same optimizer step (``step_negatives``)."""
-    return momentum_itc_terms(alpha=alpha, temperature=temperature, queue_size=queue_size, step_negatives=True)
+    return terms_from(msd_config(alpha, temperature=temperature, queue_size=queue_size)["objectives"])
 
 
 def msd_distiller(

@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .. import taps
 from ..engine.distiller import Distiller, Term
-from ..objectives import FeatureCosine, FeatureMSE
 from ..models.surgery import add_registers, freeze_except
 from ..teachers import DenseTTATeacher, Teacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("ph_reg", "Chen et al. 2025, PH-Reg, arXiv:2505.21501", "ph_reg_canvas.yaml",
@@ -69,10 +70,17 @@ def tta_teacher(pretrained: nn.Module, patch: int, shifts: int = 1, flip: bool =
     return DenseTTATeacher(model, model.grid, (patch, patch), shifts=shifts, flip=flip, prefix_tokens=1)
 
 
+def ph_reg_config(signal: str = "norm") -> dict[str, Any]:
+    """The loss as ``objectives``: cosine (per token) + MSE between the student's and the
+    teacher's tokens at ``signal`` (terms ``cosine`` and ``mse``)."""
+    refs = {"student": f"student.{signal}", "teacher": f"teacher.{signal}"}
+    return {"objectives": [{"name": "cosine", "kind": "cosine", "params": {"dim": -1}, "inputs": refs},
+                           {"name": "mse", "kind": "mse", "inputs": refs}]}
+
+
 def ph_reg_terms(signal: str = "norm") -> list[Term]:
     """Cosine (per token) + MSE between the student's and the teacher's tokens at ``signal``."""
-    refs = {"student": f"student.{signal}", "teacher": f"teacher.{signal}"}
-    return [Term("cosine", FeatureCosine(dim=-1), inputs=refs), Term("mse", FeatureMSE(), inputs=refs)]
+    return terms_from(ph_reg_config(signal)["objectives"])
 
 
 def ph_reg_distiller(student: nn.Module, teacher: Teacher, signal: str = "norm") -> Distiller:

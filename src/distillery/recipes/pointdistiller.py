@@ -20,12 +20,14 @@ fewer weights): no distillation vs logit KD vs local-graph KD. Config:
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..engine.distiller import Distiller, Term
-from ..objectives import CrossEntropy, LocalGraphKD
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("pointdistiller", "Zhang et al. 2023, PointDistiller, arXiv:2205.11098", "pointdistiller_points.yaml",
@@ -38,18 +40,32 @@ RECIPE = register_recipe(
 LOCAL_GRAPH = {"k": 8, "num_points": 64, "embed_dim": 32, "temperature": 0.5}
 
 
-def local_graph_term(student_dim: int, teacher_dim: int, *, tap: str = "point_mlp", weight: float = 2.0, **params) -> Term:
-    """The ``local_graph`` term on the per-point features at ``tap`` (``[B, N, C]`` on both sides).
+def local_graph_objective(student_dim: int, teacher_dim: int, *, tap: str = "point_mlp", weight: float = 2.0,
+                          **params: Any) -> dict[str, Any]:
+    """The ``local_graph`` term on the per-point features at ``tap`` (``[B, N, C]`` on both
+    sides), as one ``objectives`` entry.
 
     ``weight`` 2 is the authors' (their code doubles the mean weighted MSE).
 
     ``params`` override :data:`LOCAL_GRAPH` (``k``, ``num_points``, ``embed_dim``, ``temperature``,
     ``importance``, ``edge``, ``train_teacher_encoder``).
     """
-    objective = LocalGraphKD(student_dim, teacher_dim, **{**LOCAL_GRAPH, **params})
-    return Term("local_graph", objective, weight=weight, inputs={"student": f"student.{tap}", "teacher": f"teacher.{tap}"})
+    return {"name": "local_graph", "kind": "local_graph_kd", "inputs": {"student": f"student.{tap}", "teacher": f"teacher.{tap}"},
+            "params": {"student_dim": student_dim, "teacher_dim": teacher_dim, **LOCAL_GRAPH, **params}, "weight": weight}
+
+
+def pointdistiller_config(student_dim: int, teacher_dim: int, weight: float = 2.0, **params: Any) -> dict[str, Any]:
+    """The method's ``objectives``: cross-entropy + :func:`local_graph_objective` (add a frozen
+    ``teacher`` with the same ``tap`` paths)."""
+    return {"objectives": [{"kind": "ce"}, local_graph_objective(student_dim, teacher_dim, weight=weight, **params)]}
+
+
+def local_graph_term(student_dim: int, teacher_dim: int, *, tap: str = "point_mlp", weight: float = 2.0, **params) -> Term:
+    """The ``local_graph`` term of :func:`local_graph_objective`."""
+    return terms_from([local_graph_objective(student_dim, teacher_dim, tap=tap, weight=weight, **params)])[0]
 
 
 def pointdistiller_distiller(student: nn.Module, teacher: nn.Module, student_dim: int, teacher_dim: int, weight: float = 2.0, **params) -> Distiller:
     """Cross-entropy plus the local-graph term toward a frozen ``teacher`` (same ``tap`` paths)."""
-    return Distiller(student, FrozenTeacher(teacher), [Term("ce", CrossEntropy()), local_graph_term(student_dim, teacher_dim, weight=weight, **params)])
+    terms = terms_from(pointdistiller_config(student_dim, teacher_dim, weight, **params)["objectives"])
+    return Distiller(student, FrozenTeacher(teacher), terms)

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..models import surgery
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
 from ..evaluation.layer_similarity import (
@@ -45,10 +45,11 @@ from ..evaluation.layer_similarity import (
     find_redundant_intervals,
     similarity_profile,
 )
-from ..objectives import CrossEntropy, FeatureMSE, SoftTargetKD
+from ..models import surgery
 from ..objectives.segment_replay import SegmentReplay
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("ppcl", "Ma et al. 2025, PPCL, arXiv:2511.16156", "ppcl_digits.yaml",
@@ -108,6 +109,33 @@ def replay_pairs(num_blocks: int, removed: Sequence[int], container: str = "bloc
     return out
 
 
+def ppcl_objectives(
+    num_blocks: int,
+    removed: Sequence[int],
+    *,
+    container: str = "blocks",
+    stem: str = "stem",
+    ce: float = 1.0,
+    kd: float = 1.0,
+    boundary: float = 1.0,
+    temperature: float = 1.0,
+) -> list[dict[str, Any]]:
+    """The recovery terms a config can state, as ``objectives`` (weights of 0 leave a term
+    out): ``ce``, ``kd`` (T = ``temperature``) and ``boundary_<i>`` (feature MSE at interval
+    ``i``'s boundary, :func:`boundary_pairs`). The interval replay needs the student's own
+    block, so :func:`ppcl_terms` adds it in Python."""
+    objectives: list[dict[str, Any]] = []
+    if ce:
+        objectives.append({"kind": "ce", "weight": ce})
+    if kd:
+        objectives.append({"kind": "kd", "params": {"temperature": temperature}, "weight": kd})
+    if boundary:
+        for i, (s, t) in enumerate(boundary_pairs(num_blocks, removed, container, stem)):
+            objectives.append({"kind": "mse", "name": f"boundary_{i}", "weight": boundary,
+                               "inputs": {"student": f"student.{s}", "teacher": f"teacher.{t}"}})
+    return objectives
+
+
 def ppcl_terms(
     student: nn.Module,
     num_blocks: int,
@@ -122,16 +150,11 @@ def ppcl_terms(
     temperature: float = 1.0,
 ) -> list[Term]:
     """The recovery terms (weights of 0 leave a term out): ``ce``, ``kd`` (T = ``temperature``),
-    ``boundary_<i>`` (feature MSE at interval ``i``'s boundary) and ``replay_<i>``."""
-    terms: list[Term] = []
-    if ce:
-        terms.append(Term("ce", CrossEntropy(), weight=ce))
-    if kd:
-        terms.append(Term("kd", SoftTargetKD(temperature), weight=kd))
-    if boundary:
-        for i, (s, t) in enumerate(boundary_pairs(num_blocks, removed, container, stem)):
-            terms.append(Term(f"boundary_{i}", FeatureMSE(), weight=boundary,
-                              inputs={"student": f"student.{s}", "teacher": f"teacher.{t}"}))
+    ``boundary_<i>`` (feature MSE at interval ``i``'s boundary; these three from
+    :func:`ppcl_objectives`) and ``replay_<i>``."""
+    objectives = ppcl_objectives(num_blocks, removed, container=container, stem=stem, ce=ce, kd=kd, boundary=boundary,
+                                 temperature=temperature)
+    terms: list[Term] = terms_from(objectives) if objectives else []
     if replay:
         stack = surgery.get_module(student, container)
         for i, (j, t_in, t_out) in enumerate(replay_pairs(num_blocks, removed, container)):

@@ -38,10 +38,10 @@ from torch.utils.data import Dataset
 
 from ..engine.distiller import Distiller, Term
 from ..engine.generations import FullBatchLBFGS, GenerationLoop, TermsFn, anchored_to
-from ..objectives import CrossEntropy, SoftTargetKD
 from ..teachers import FrozenTeacher, Teacher
 from ..teachers.anchored import AnchoredTeacher, anchor_log_probs, anchor_probs
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 __all__ = [
     "RECIPE",
@@ -49,6 +49,7 @@ __all__ = [
     "anchor_log_probs",
     "anchor_probs",
     "anchored_loop",
+    "anchored_objectives",
     "anchored_terms",
     "projected_fixed_point",
 ]
@@ -60,15 +61,22 @@ RECIPE = register_recipe(
 )
 
 
+def anchored_objectives(generation: int, first: str = "labels") -> list[dict[str, Any]]:
+    """The ``objectives`` of generation ``generation``: cross-entropy on the labels at generation 0
+    (``first="labels"``), otherwise KD (temperature 1) toward the teacher: the base teacher at
+    generation 0 (``first="teacher"``), the anchored teacher after, i.e. ``KL(T(q_{t-1}) || q_t)``."""
+    if generation == 0 and first == "labels":
+        return [{"kind": "ce"}]
+    return [{"kind": "kd", "params": {"temperature": 1.0}}]
+
+
 def anchored_terms(first: str = "labels") -> TermsFn:
     """Generation 0: cross-entropy on the labels (``first="labels"``) or KD toward the base
     teacher (``first="teacher"``); generations ``t >= 1``: KD (temperature 1) toward the
-    anchored teacher, i.e. ``KL(T(q_{t-1}) || q_t)``."""
+    anchored teacher, i.e. ``KL(T(q_{t-1}) || q_t)`` (:func:`anchored_objectives`)."""
 
     def terms(generation: int) -> list[Term]:
-        if generation == 0 and first == "labels":
-            return [Term("ce", CrossEntropy())]
-        return [Term("kd", SoftTargetKD(temperature=1.0))]
+        return terms_from(anchored_objectives(generation, first))
 
     return terms
 
@@ -119,6 +127,6 @@ def projected_fixed_point(
         raise ConfigError(f"projected_fixed_point: strength must be in (0, 1], got {strength}.")
     anchor = base if isinstance(base, Teacher) else FrozenTeacher(base)
     student = make_student()
-    distiller = Distiller(student, anchor, [Term("kd", SoftTargetKD(temperature=1.0))])
+    distiller = Distiller(student, anchor, terms_from(anchored_objectives(1)))
     FullBatchLBFGS(train_data, l2=l2 / strength, dtype=dtype, **lbfgs)(distiller, 0)
     return student.eval()

@@ -39,13 +39,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import collate_batch
 from ..engine.bilevel import BilevelSearch, search_batches
-from ..engine.distiller import Distiller, Term
+from ..engine.distiller import Distiller
 from ..errors import ConfigError
-from ..models.miniature.nas import DartsSupernet
-from ..objectives import CrossEntropy, SoftTargetKD
 from ..evaluation.sharpness import top_hessian_eigenvalue
+from ..models.miniature.nas import DartsSupernet
 from ..teachers import VotingSnapshotTeacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe(
@@ -63,9 +63,20 @@ def _check(model: nn.Module) -> DartsSupernet:
     return model
 
 
+def sd_darts_config(size: int = 3, every: int | None = 1, vote: str = "soft", temperature: float = 1.0,
+                    weight: float = 1.0, self_distill: bool = True) -> dict[str, Any]:
+    """The weight step's loss as config fragments: ``ce`` plus, with ``self_distill``, ``sd``
+    (KD at ``temperature``, weight ``weight``) toward a ``voting_snapshots`` teacher of the
+    supernet (``size`` snapshots, one every ``every`` steps, ``vote``); without: plain DARTS."""
+    if not self_distill:
+        return {"objectives": [{"kind": "ce"}]}
+    return {"teacher": {"kind": "voting_snapshots", "size": size, "every": every, "vote": vote},
+            "objectives": [{"kind": "ce"}, {"kind": "kd", "name": "sd", "params": {"temperature": temperature}, "weight": weight}]}
+
+
 def darts_distiller(supernet: DartsSupernet) -> Distiller:
     """Plain DARTS: the weight step is cross-entropy only."""
-    return Distiller(_check(supernet), None, [Term("ce", CrossEntropy())])
+    return Distiller(_check(supernet), None, terms_from(sd_darts_config(self_distill=False)["objectives"]))
 
 
 def sd_darts_distiller(
@@ -76,12 +87,10 @@ def sd_darts_distiller(
     temperature: float = 1.0,
     weight: float = 1.0,
 ) -> Distiller:
-    """SD-DARTS: cross-entropy plus KD toward a :class:`VotingSnapshotTeacher` of the supernet."""
+    """SD-DARTS: cross-entropy plus KD toward a :class:`VotingSnapshotTeacher` of the supernet
+    (:func:`sd_darts_config`)."""
     teacher = VotingSnapshotTeacher(_check(supernet), size=size, every=every, vote=vote)
-    return Distiller(supernet, teacher, [
-        Term("ce", CrossEntropy()),
-        Term("sd", SoftTargetKD(temperature=temperature), weight=weight),
-    ])
+    return Distiller(supernet, teacher, terms_from(sd_darts_config(size, every, vote, temperature, weight)["objectives"]))
 
 
 def make_search(

@@ -34,17 +34,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..engine import checkpoint as ckpt
-from ..engine.distiller import Distiller, Term
+from ..engine.distiller import Distiller
 from ..errors import CheckpointError, ConfigError
 from ..models.mae import MaskedAutoencoder, encoder_state_dict
-from ..objectives import FeatureMSE, MaskedReconstruction
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import frozen_teacher, terms_from
+from .dmae import mae_objective
 
 RECIPE = register_recipe(
     Recipe(
@@ -64,16 +66,40 @@ def _check_mae(model: nn.Module, what: str) -> None:
         raise ConfigError(f"{what} must be a MaskedAutoencoder (model 'mae_vit'), got {type(model).__name__}.")
 
 
+def further_pretraining_config(norm_target: bool = False) -> dict[str, Any]:
+    """Stage 2 as ``objectives``: masked reconstruction only (``mae``), on target unlabeled data."""
+    return {"objectives": [mae_objective("mae", norm_target)]}
+
+
+def self_distillation_config(hidden_weight: float = 1.0, norm_target: bool = False,
+                             teacher_model: Mapping[str, Any] | None = None, **teacher: Any) -> dict[str, Any]:
+    """Stage 3 as config fragments: ``mae`` + ``self_distillation`` (MSE between the student's
+    and the teacher's ``hidden`` tokens, weight ``hidden_weight``); with ``teacher_model`` (the
+    further-pretrained ``mae_vit`` with its checkpoint) also the frozen teacher section
+    (``teacher`` keywords such as ``precompute=True`` added to it)."""
+    if float(hidden_weight) < 0:
+        raise ConfigError(f"self-distillation: hidden_weight must be >= 0, got {hidden_weight}.")
+    out: dict[str, Any] = {"objectives": [
+        mae_objective("mae", norm_target),
+        {"kind": "mse", "name": "self_distillation", "weight": float(hidden_weight),
+         "inputs": {"student": f"student.{HIDDEN}", "teacher": f"teacher.{HIDDEN}"}},
+    ]}
+    if teacher_model is not None:
+        out["teacher"] = frozen_teacher(teacher_model, **teacher)
+    return out
+
+
 def further_pretraining_distiller(model: MaskedAutoencoder, norm_target: bool = False) -> Distiller:
     """Stage 2: masked reconstruction only (MAE), on target unlabeled data."""
     _check_mae(model, "further pre-training: the model")
-    return Distiller(model, None, [Term("mae", MaskedReconstruction(norm_target=norm_target))])
+    return Distiller(model, None, terms_from(further_pretraining_config(norm_target)["objectives"]))
 
 
 def self_distillation_distiller(
     student: MaskedAutoencoder, teacher: MaskedAutoencoder, hidden_weight: float = 1.0, norm_target: bool = False
 ) -> Distiller:
-    """Stage 3: ``L = L_MAE(student) + hidden_weight * mean((h_student - h_teacher)^2)``.
+    """Stage 3: ``L = L_MAE(student) + hidden_weight * mean((h_student - h_teacher)^2)``
+    (:func:`self_distillation_config`).
 
     ``student`` should hold the initial weights theta0 (:func:`reinitialise`), ``teacher``
     the further-pretrained weights; the teacher is frozen (eval mode: no masking, so it
@@ -81,17 +107,8 @@ def self_distillation_distiller(
     """
     _check_mae(student, "self-distillation: the student")
     _check_mae(teacher, "self-distillation: the teacher")
-    if float(hidden_weight) < 0:
-        raise ConfigError(f"self-distillation: hidden_weight must be >= 0, got {hidden_weight}.")
-    return Distiller(
-        student,
-        FrozenTeacher(teacher),
-        [
-            Term("mae", MaskedReconstruction(norm_target=norm_target)),
-            Term("self_distillation", FeatureMSE(), weight=float(hidden_weight),
-                 inputs={"student": f"student.{HIDDEN}", "teacher": f"teacher.{HIDDEN}"}),
-        ],
-    )
+    terms = terms_from(self_distillation_config(hidden_weight, norm_target)["objectives"])
+    return Distiller(student, FrozenTeacher(teacher), terms)
 
 
 def reinitialise(model: nn.Module, theta0: str | Path | Mapping[str, torch.Tensor]) -> nn.Module:

@@ -24,11 +24,13 @@ transforms (M more passes) and averages *one* label space, whereas SLA's aggrega
 copy ``j``, the joint logits of transform ``j`` and averages those logits; the training forward
 already holds them. For inference the same idea is :meth:`JointLabelNet.aggregated_logits`.
 
-Config: ``configs/sla_digits.yaml``; claim check: ``distillery reproduce sla_sd``.
+:func:`sla_config` and :func:`multitask_config` state the method and its baseline as config
+fragments. Config: ``configs/sla_digits.yaml``; claim check: ``distillery reproduce sla_sd``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -38,15 +40,16 @@ from ..batch import BatchView
 from ..data.enumeration import TransformEnumerator
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
-from ..objectives.joint_label import SLACrossEntropy, SLASelfDistillation
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("sla", "Lee, Hwang & Shin 2020, SLA, arXiv:1910.05872", "sla_digits.yaml",
            "Joint (class x transform) labels, aggregated inference, and self-distillation into one pass")
 )
 
-__all__ = ["RECIPE", "evaluate_sla", "inference_cost", "multitask_terms", "rotation_enumerator", "sla_distiller", "sla_terms"]
+__all__ = ["RECIPE", "evaluate_sla", "inference_cost", "multitask_config", "multitask_terms", "rotation_enumerator", "rotations_view",
+           "sla_config", "sla_distiller", "sla_terms"]
 
 
 def rotation_enumerator(num_transforms: int = 4) -> TransformEnumerator:
@@ -54,22 +57,56 @@ def rotation_enumerator(num_transforms: int = 4) -> TransformEnumerator:
     return TransformEnumerator.rotations(num_transforms)
 
 
-def sla_terms(num_transforms: int, self_distill: bool = True, temperature: float = 1.0, beta: float = 1.0) -> list[Term]:
-    """``sla_ce`` on the joint head (+ ``sla_sd`` into the single-pass head)."""
-    terms = [Term("sla_ce", SLACrossEntropy(num_transforms))]
+def rotations_view(num_transforms: int = 4) -> list[dict[str, Any]]:
+    """The student view of :func:`rotation_enumerator` as config transforms (``enumerate`` over
+    ``rotate90`` by ``k = 0 .. M-1``)."""
+    return [{"name": "enumerate", "transforms": [{"name": "rotate90", "k": k} for k in range(num_transforms)]}]
+
+
+def sla_config(num_transforms: int, backbone: Mapping[str, Any] | None = None, self_distill: bool = True,
+               temperature: float = 1.0, beta: float = 1.0) -> dict[str, Any]:
+    """The method as config fragments: ``sla_ce`` on the joint head (+ ``sla_sd`` into the
+    single-pass head), the enumerated rotations as the student's view and, with ``backbone``
+    (a model section), the ``joint_label`` student around it."""
+    objectives: list[dict[str, Any]] = [{"kind": "sla_ce", "params": {"num_transforms": num_transforms}}]
     if self_distill:
-        terms.append(Term("sla_sd", SLASelfDistillation(num_transforms, temperature, beta)))
-    return terms
+        objectives.append({"kind": "sla_sd", "params": {"num_transforms": num_transforms, "temperature": temperature, "beta": beta}})
+    out: dict[str, Any] = {"objectives": objectives, "data": {"student_view": rotations_view(num_transforms)}}
+    if backbone is not None:
+        params: dict[str, Any] = {"num_transforms": num_transforms, "backbone": dict(backbone)}
+        if self_distill:
+            params["single_head"] = True
+        out["student"] = {"name": "joint_label", "params": params}
+    return out
+
+
+def multitask_config(num_transforms: int, backbone: Mapping[str, Any] | None = None, beta: float = 1.0) -> dict[str, Any]:
+    """The multi-task baseline as config fragments: class CE on every copy + ``beta`` *
+    transform-prediction CE (``L = CE(u(t_j x), y) + beta * CE(v(t_j x), j)``, averaged over the
+    copies), the enumerated rotations and, with ``backbone``, the ``transform_multitask`` student."""
+    m = num_transforms
+    out: dict[str, Any] = {
+        "objectives": [
+            {"kind": "sla_ce", "name": "class_ce", "params": {"num_transforms": m, "labels": "class"},
+             "inputs": {"student": "student.logits"}},
+            {"kind": "sla_ce", "name": "transform_ce", "params": {"num_transforms": m, "labels": "transform"},
+             "inputs": {"student": "student.transform"}, "weight": beta},
+        ],
+        "data": {"student_view": rotations_view(m)},
+    }
+    if backbone is not None:
+        out["student"] = {"name": "transform_multitask", "params": {"num_transforms": m, "backbone": dict(backbone)}}
+    return out
+
+
+def sla_terms(num_transforms: int, self_distill: bool = True, temperature: float = 1.0, beta: float = 1.0) -> list[Term]:
+    """``sla_ce`` on the joint head (+ ``sla_sd`` into the single-pass head): :func:`sla_config`."""
+    return terms_from(sla_config(num_transforms, None, self_distill, temperature, beta)["objectives"])
 
 
 def multitask_terms(num_transforms: int, beta: float = 1.0) -> list[Term]:
-    """The multi-task baseline: class CE on every copy + ``beta`` * transform-prediction CE
-    (``L = CE(u(t_j x), y) + beta * CE(v(t_j x), j)``, averaged over the copies)."""
-    return [
-        Term("class_ce", SLACrossEntropy(num_transforms, labels="class"), inputs={"student": "student.logits"}),
-        Term("transform_ce", SLACrossEntropy(num_transforms, labels="transform"), inputs={"student": "student.transform"},
-             weight=beta),
-    ]
+    """The multi-task baseline's terms (:func:`multitask_config`)."""
+    return terms_from(multitask_config(num_transforms, beta=beta)["objectives"])
 
 
 def sla_distiller(student: nn.Module, enumerator: TransformEnumerator, self_distill: bool = True,

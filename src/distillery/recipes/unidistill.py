@@ -24,20 +24,16 @@ teacher sees the clean occupancy, the student a sparse, cluttered, noisy view. C
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from ..engine.distiller import Distiller, Term
 from ..objectives.foreground_grid import center_average_precision
-from ..objectives import (
-    CenterFocal,
-    CrossEntropy,
-    ForegroundFeatureKD,
-    ForegroundRelationKD,
-    ForegroundResponseKD,
-)
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("unidistill", "Zhou et al. 2023, UniDistill, arXiv:2303.15083", "unidistill_bev.yaml",
@@ -48,21 +44,46 @@ RECIPE = register_recipe(
 WEIGHTS = {"feature": 10.0, "relation": 5.0, "response": 1.0}
 
 
+def detection_objectives(count_weight: float = 0.1, named: bool = False) -> list[dict[str, Any]]:
+    """The task loss of the miniature's detector as ``objectives``: centre focal loss + a small
+    counting CE (``named``: terms called ``focal`` and ``count``; default: their kinds)."""
+    focal: dict[str, Any] = {"kind": "center_focal"}
+    count: dict[str, Any] = {"kind": "ce", "weight": count_weight}
+    if named:
+        focal["name"], count["name"] = "focal", "count"
+    return [focal, count]
+
+
+def unidistill_objectives(weights: dict[str, float] | None = None, features: str | None = None,
+                          heatmap: str | None = None) -> list[dict[str, Any]]:
+    """UniDistill's three terms as ``objectives`` (``feature``, ``relation``, ``response``; the
+    authors' :data:`WEIGHTS` unless ``weights``), on the signals ``features`` (``[B, C, H, W]``)
+    and ``heatmap`` (``[B, K, H, W]``); ``None``: the objectives' defaults (``features``,
+    ``heatmap``, on both sides)."""
+    w = {**WEIGHTS, **(weights or {})}
+    feat = {"inputs": {"student": f"student.{features}", "teacher": f"teacher.{features}"}} if features else {}
+    resp = {"inputs": {"student": f"student.{heatmap}", "teacher": f"teacher.{heatmap}"}} if heatmap else {}
+    return [
+        {"name": "feature", "kind": "fg_feature_kd", "weight": w["feature"], **feat},
+        {"name": "relation", "kind": "fg_relation_kd", "weight": w["relation"], **feat},
+        {"name": "response", "kind": "fg_response_kd", "weight": w["response"], **resp},
+    ]
+
+
+def unidistill_config(weights: dict[str, float] | None = None, count_weight: float = 0.1) -> dict[str, Any]:
+    """The method's ``objectives``: :func:`detection_objectives` + :func:`unidistill_objectives`
+    (add a frozen ``teacher`` reading its own modality, e.g. ``view: x_clean``)."""
+    return {"objectives": detection_objectives(count_weight) + unidistill_objectives(weights)}
+
+
 def detection_terms(count_weight: float = 0.1) -> list[Term]:
     """The task loss of the miniature's detector: centre focal loss + a small counting CE."""
-    return [Term("focal", CenterFocal()), Term("count", CrossEntropy(), weight=count_weight)]
+    return terms_from(detection_objectives(count_weight, named=True))
 
 
 def unidistill_terms(features: str = "features", heatmap: str = "heatmap", weights: dict[str, float] | None = None) -> list[Term]:
     """UniDistill's three terms on the signals ``features`` (``[B, C, H, W]``) and ``heatmap`` (``[B, K, H, W]``)."""
-    w = {**WEIGHTS, **(weights or {})}
-    feat = {"student": f"student.{features}", "teacher": f"teacher.{features}"}
-    resp = {"student": f"student.{heatmap}", "teacher": f"teacher.{heatmap}"}
-    return [
-        Term("feature", ForegroundFeatureKD(), weight=w["feature"], inputs=feat),
-        Term("relation", ForegroundRelationKD(), weight=w["relation"], inputs=feat),
-        Term("response", ForegroundResponseKD(), weight=w["response"], inputs=resp),
-    ]
+    return terms_from(unidistill_objectives(weights, features, heatmap))
 
 
 def unidistill_distiller(student: nn.Module, teacher: nn.Module, teacher_view: str = "x_clean") -> Distiller:

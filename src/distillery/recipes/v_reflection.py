@@ -39,10 +39,10 @@ from typing import Any
 from torch import nn
 
 from ..engine.distiller import Distiller, Term
-from ..objectives import CrossEntropy, FeatureCosine
-from ..teachers import FrozenTeacher
 from ..taps.training_only import export_student
+from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("v_reflection", "Zhou et al. 2026, V-Reflection, arXiv:2604.03307", "v_reflection_digit_grid.yaml",
@@ -50,10 +50,16 @@ RECIPE = register_recipe(
 )
 
 
+def v_reflection_config(weight: float = 1.0) -> dict[str, Any]:
+    """Stage 2's ``objectives``: ``ce`` on the answers + ``reflect``: ``1 - cos(student.probe,
+    teacher.bcm)`` (add the frozen box teacher; the student is built with ``probe: true``)."""
+    return {"objectives": [{"kind": "ce"}, {"name": "reflect", "kind": "cosine", "weight": weight,
+                                            "inputs": {"student": "student.probe", "teacher": "teacher.bcm"}}]}
+
+
 def reflection_terms(weight: float = 1.0) -> list[Term]:
     """``ce`` on the answers + ``reflect``: ``1 - cos(student.probe, teacher.bcm)``."""
-    return [Term("ce", CrossEntropy()),
-            Term("reflect", FeatureCosine(), inputs={"student": "student.probe", "teacher": "teacher.bcm"}, weight=weight)]
+    return terms_from(v_reflection_config(weight)["objectives"])
 
 
 def v_reflection_distiller(student: nn.Module, box_teacher: nn.Module, weight: float = 1.0) -> Distiller:

@@ -39,6 +39,7 @@ accuracy on rotated and noisy test digits. Config (the Distill stage):
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,9 +47,10 @@ from torch import nn
 from ..engine.distiller import Distiller, Term
 from ..errors import ConfigError
 from ..models.zero_shot import PrototypeHead, ZeroShotStudent
-from ..objectives import CrossEntropy, FeatureCosine, SoftTargetKD
 from ..teachers import Teacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
+from .basic import hinton_kd_objectives
 
 RECIPE = register_recipe(
     Recipe("vl2v_adip", "Addepalli et al. 2024, VL2V-ADiP, arXiv:2310.08255", "vl2v_adip_digits.yaml",
@@ -59,20 +61,31 @@ RECIPE = register_recipe(
 LMD = 0.5
 
 
+def adip_config(lmd: float = LMD) -> dict[str, Any]:
+    """The loss of both stages as ``objectives``: ``distill_image`` (weight ``lmd``): ``1 -
+    cos(student.image, teacher.image)``; ``distill_text`` (weight ``1 - lmd``): ``1 -
+    cos(student.image, teacher.text)``. Which parameters train is the student's ``freeze``
+    (Align: ``["backbone"]``; Distill: ``["proj"]``)."""
+    if not 0.0 <= float(lmd) <= 1.0:
+        raise ConfigError(f"vl2v_adip: lmd must be in [0, 1], got {lmd!r}.")
+    return {"objectives": [
+        {"name": "distill_image", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.image"},
+         "weight": float(lmd)},
+        {"name": "distill_text", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.text"},
+         "weight": 1.0 - float(lmd)},
+    ]}
+
+
 def adip_terms(lmd: float = LMD) -> list[Term]:
     """``distill_image`` (weight ``lmd``): ``1 - cos(student.image, teacher.image)``;
     ``distill_text`` (weight ``1 - lmd``): ``1 - cos(student.image, teacher.text)``."""
-    if not 0.0 <= float(lmd) <= 1.0:
-        raise ConfigError(f"vl2v_adip: lmd must be in [0, 1], got {lmd!r}.")
-    return [
-        Term("distill_image", FeatureCosine(), inputs={"student": "student.image", "teacher": "teacher.image"}, weight=float(lmd)),
-        Term("distill_text", FeatureCosine(), inputs={"student": "student.image", "teacher": "teacher.text"}, weight=1.0 - float(lmd)),
-    ]
+    return terms_from(adip_config(lmd)["objectives"])
 
 
 def naive_kd_terms(temperature: float = 4.0) -> list[Term]:
-    """The naive baseline: ``ce`` on the labels + ``kd`` on the teacher's zero-shot logits."""
-    return [Term("ce", CrossEntropy()), Term("kd", SoftTargetKD(temperature=temperature))]
+    """The naive baseline: ``ce`` on the labels + ``kd`` on the teacher's zero-shot logits
+    (:func:`~distillery.recipes.basic.hinton_kd_objectives`)."""
+    return terms_from(hinton_kd_objectives(temperature))
 
 
 def _set_trainable(model: nn.Module, trainable: bool) -> None:

@@ -34,12 +34,14 @@ alignment term. Config: ``configs/vlm_ood_digits.yaml``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..engine.distiller import Distiller, Term
-from ..objectives import FeatureCosine, SoftTargetKD
 from ..teachers import FrozenTeacher
 from . import Recipe, register_recipe
+from ._fragments import terms_from
 
 RECIPE = register_recipe(
     Recipe("vlm_ood", "Li et al. 2023, arXiv:2307.03135", "vlm_ood_digits.yaml",
@@ -47,25 +49,35 @@ RECIPE = register_recipe(
 )
 
 
+def vlm_ood_config(feature_weight: float = 1.0, align_weight: float = 1.0, temperature: float = 1.0) -> dict[str, Any]:
+    """Principle (1) as ``objectives``: ``feature``, ``1 - cos`` between the student's and the
+    teacher's image embeddings, and ``align``, KL from the teacher's to the student's
+    similarity distribution over the teacher's text bank (both models' ``logits`` are ``scale *
+    cos(image, text bank)``); ``align_weight=0`` drops the alignment term (plain feature KD)."""
+    objectives: list[dict[str, Any]] = [
+        {"name": "feature", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.image"},
+         "weight": feature_weight}]
+    if align_weight:
+        objectives.append({"name": "align", "kind": "kd", "params": {"temperature": temperature},
+                           "inputs": {"student": "student.logits", "teacher": "teacher.logits"}, "weight": align_weight})
+    return {"objectives": objectives}
+
+
 def feature_terms(weight: float = 1.0) -> list[Term]:
     """``feature``: ``1 - cos`` between the student's and the teacher's image embeddings."""
-    return [Term("feature", FeatureCosine(), inputs={"student": "student.image", "teacher": "teacher.image"}, weight=weight)]
+    return terms_from(vlm_ood_config(weight, 0.0)["objectives"])
 
 
 def alignment_terms(weight: float = 1.0, temperature: float = 1.0) -> list[Term]:
     """``align``: KL from the teacher's to the student's similarity distribution over the
     teacher's text bank (both models' ``logits`` are ``scale * cos(image, text bank)``)."""
-    return [Term("align", SoftTargetKD(temperature=temperature), inputs={"student": "student.logits", "teacher": "teacher.logits"},
-                 weight=weight)]
+    return terms_from(vlm_ood_config(1.0, weight, temperature)["objectives"][1:])
 
 
 def vlm_ood_terms(feature_weight: float = 1.0, align_weight: float = 1.0, temperature: float = 1.0) -> list[Term]:
     """Principle (1): image-embedding imitation + vision-language alignment
-    (``align_weight=0`` drops the alignment term: plain feature KD)."""
-    terms = feature_terms(feature_weight)
-    if align_weight:
-        terms += alignment_terms(align_weight, temperature)
-    return terms
+    (``align_weight=0`` drops the alignment term: plain feature KD): :func:`vlm_ood_config`."""
+    return terms_from(vlm_ood_config(feature_weight, align_weight, temperature)["objectives"])
 
 
 def vlm_ood_distiller(student: nn.Module, teacher: nn.Module, align_weight: float = 1.0, temperature: float = 1.0) -> Distiller:

@@ -7,6 +7,12 @@ the module before any run (e.g. "mean over >= 3 seeds higher than the baseline's
 difference larger than its standard error"); the figures it was judged on go with it. A
 claim that does not hold at small scale is reported as not held, with its figures.
 
+A reproduction states only what it compares: the method itself comes from its recipe (the
+recipe module's config fragments, e.g. :func:`distillery.recipes.ssld.ssld_config`), and what
+every reproduction needs (quick/full settings, the standard ``train`` section, training a
+teacher once, the seed x variant grid, loading runs back and probing them) is in
+:mod:`distillery.reproduce._common`.
+
 Results are written to ``DIR/claims.json``::
 
     {"paper": ..., "method": ..., "name": ..., "claims": [{"claim": ..., "rule": ...,

@@ -1,5 +1,6 @@
-"""Helpers shared by the dual-encoder reproductions (ALBEF, MSD, DeGLA): run settings,
-loading a trained dual encoder from a run directory and embedding a dataset with it."""
+"""Helpers shared by the dual-encoder reproductions (ALBEF, MSD, DeGLA, DCD, ...): their
+training section, loading a trained dual encoder from a run directory and embedding a
+dataset with it."""
 
 from __future__ import annotations
 
@@ -8,30 +9,18 @@ from typing import Any
 
 import torch
 
-from ..engine import checkpoint as ckpt
-from ..models import build_model
+from ._common import load_student, train_section
 
 
 def fast_train(epochs: int, lr: float = 1e-3, warmup: int = 50, **extra: Any) -> dict[str, Any]:
-    """A ``train`` section for miniature runs: AdamW (weight decay 0.02, as ALBEF), cosine
-    schedule, one evaluation and one checkpoint at the end, no progress bar or TensorBoard."""
-    return {
-        "epochs": epochs,
-        "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.02},
-        "scheduler": {"name": "cosine", "warmup_steps": warmup},
-        "eval_every": epochs,
-        "checkpoint_every": 10**9,
-        "progress": False,
-        "tensorboard": False,
-        **extra,
-    }
+    """A ``train`` section for miniature runs (:func:`~._common.train_section`): AdamW (weight
+    decay 0.02, as ALBEF), cosine schedule, one evaluation and one checkpoint at the end."""
+    return train_section(epochs, lr, weight_decay=0.02, warmup=warmup, checkpoint_every=10**9, **extra)
 
 
 def load_dual_encoder(run_dir: Path, input_shape: tuple[int, ...], params: dict[str, Any]) -> torch.nn.Module:
     """The dual encoder a run directory's ``student.safetensors`` holds, in eval mode."""
-    model = build_model("dual_encoder", input_shape, 10, **params)
-    ckpt.load_weights(model, Path(run_dir) / "student.safetensors", what="dual encoder")
-    return model.eval()
+    return load_student(run_dir, {"name": "dual_encoder", "params": params}, input_shape, 10)
 
 
 @torch.no_grad()

@@ -27,42 +27,31 @@ Rules, fixed here before any run:
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..recipes.albef import albef_config
 from . import Claim, Context, Reproduction, better, mean_std, register
+from ._common import Settings, compose, run_grid
 from ._dual import fast_train
 
 NOISE = 0.3
+SETTINGS = Settings(quick={"epochs": 15}, full={"epochs": 60})
+ARMS = {"itc_clean": (0.0, 0.0), "mod_clean": (0.4, 0.0), "itc_noisy": (0.0, NOISE), "mod_noisy": (0.4, NOISE)}  # alpha, mismatch
 
 
-def _settings(quick: bool) -> dict[str, int]:
-    return {"epochs": 15} if quick else {"epochs": 60}
-
-
-def _config(seed: int, alpha: float, mismatch: float, epochs: int) -> dict[str, Any]:
-    itc = {"kind": "soft_contrastive", "params": {"temperature": 0.07, "alpha": alpha, "queue_size": 256}, "weight": 0.5}
-    return {
-        "seed": seed,
-        "data": {"dataset": "paired_digits", "params": {"views": "halves", "mismatch": mismatch}, "batch_size": 64},
-        "student": {"name": "dual_encoder", "params": {"hidden": [256], "embed_dim": 64}},
-        "teacher": {"kind": "ema", "momentum": 0.995, "final_momentum": None},
-        "objectives": [
-            dict(itc, name="itc_i2t", inputs={"student": "student.image", "teacher": "teacher.image", "keys": "teacher.text"}),
-            dict(itc, name="itc_t2i", inputs={"student": "student.text", "teacher": "teacher.text", "keys": "teacher.image"}),
-        ],
-        "train": fast_train(epochs),
-    }
+def _variant(alpha: float, mismatch: float, epochs: int) -> dict:
+    data = {"dataset": "paired_digits", "params": {"views": "halves", "mismatch": mismatch}, "batch_size": 64}
+    return compose({"data": data, "student": {"name": "dual_encoder", "params": {"hidden": [256], "embed_dim": 64}},
+                    "train": fast_train(epochs)}, albef_config(alpha=alpha, queue_size=256))
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
-    arms = {"itc_clean": (0.0, 0.0), "mod_clean": (0.4, 0.0), "itc_noisy": (0.0, NOISE), "mod_noisy": (0.4, NOISE)}
-    r1: dict[str, list[float]] = {name: [] for name in arms}
-    for seed in ctx.seeds:
-        for name, (alpha, mismatch) in arms.items():
-            final = ctx.train(f"{name}/seed{seed}", _config(seed, alpha, mismatch, s["epochs"]))["final"]
-            r1[name].append(final["r1"])
-            ctx.log(f"    {name} seed {seed}: R@1 {final['r1']:.4f} (i2t {final['i2t_r1']:.4f}, t2i {final['t2i_r1']:.4f})")
+    s = SETTINGS(ctx.quick)
+
+    def measure(run) -> float:
+        final = run.summary["final"]
+        ctx.log(f"    {run.variant} seed {run.seed}: R@1 {final['r1']:.4f} (i2t {final['i2t_r1']:.4f}, t2i {final['t2i_r1']:.4f})")
+        return final["r1"]
+
+    r1 = run_grid(ctx, {name: _variant(alpha, mismatch, s["epochs"]) for name, (alpha, mismatch) in ARMS.items()}, measure)
     drop = {a: [c - n for c, n in zip(r1[f"{a}_clean"], r1[f"{a}_noisy"])] for a in ("itc", "mod")}
     metric = "test R@1 (mean of image->text and text->image, clean test pairs)"
     claims = [
@@ -73,7 +62,7 @@ def run(ctx: Context) -> list[Claim]:
                metric="R@1 lost from clean to 30%-mismatched training pairs (per seed)"),
     ]
     for claim in claims:  # every arm's R@1, for context (each run's directions are in its summary.json)
-        claim.figures.update({f"{name} R@1": mean_std(r1[name]) for name in arms})
+        claim.figures.update({f"{name} R@1": mean_std(r1[name]) for name in ARMS})
         claim.figures["epochs"] = s["epochs"]
     return claims
 

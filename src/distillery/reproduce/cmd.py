@@ -38,50 +38,46 @@ import math
 import torch
 
 from ..data import load_dataset
+from ..evaluation.probes import (
+    extract_features,
+    label_recall_at_k,
+    linear_probe_accuracy,
+)
 from ..models.multicrop import multicrop_convnet
-from ..evaluation.probes import extract_features, label_recall_at_k, linear_probe_accuracy
-from ..recipes.cmd import load_teacher_weights, marker_attention_mass
+from ..recipes.cmd import (
+    cmd_config,
+    load_teacher_weights,
+    marker_attention_mass,
+    multicrop_spec,
+)
 from . import Claim, Context, Reproduction, better, register
+from ._common import (
+    Settings,
+    by_metric,
+    compose,
+    probe_features,
+    run_grid,
+    train_section,
+)
 
 OUT_DIM = 64
 CHANNELS = [16, 32]
+SETTINGS = Settings(quick={"copies": 1, "epochs": 10}, full={"copies": 3, "epochs": 30})
+CROPS = multicrop_spec(2, 4, global_size=16, local_size=8, global_scale=[0.4, 1.0], local_scale=[0.05, 0.4])
 
 
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"copies": 1, "epochs": 10}
-    return {"copies": 3, "epochs": 30}
-
-
-def _config(variant: str, seed: int, s: dict) -> dict:
+def _config(variant: str, s: dict) -> dict:
     mil = variant == "cmd"
-    objectives = [{
-        "name": "intra", "kind": "dino", "inputs": {"student": "student.logits", "teacher": "teacher.global"},
-        "params": {"out_dim": OUT_DIM, "student_temperature": 0.1, "teacher_temperature": 0.04,
-                   "warmup_teacher_temperature": 0.04},
-    }]
-    if mil:
-        objectives.append({"name": "inter", "kind": "cross_level_dino", "weight": 1.0,
-                           "params": {"out_dim": OUT_DIM, "student_temperature": 0.1, "target_temperature": 0.04}})
-    crops = {"name": "multicrop", "n_global": 2, "n_local": 4, "global_size": 16, "local_size": 8,
-             "global_scale": [0.4, 1.0], "local_scale": [0.05, 0.4]}
-    return {
-        "seed": seed,
-        "data": {"dataset": "fine_grained_digits", "params": {"copies": s["copies"]}, "batch_size": 128,
-                 "student_view": {"transforms": [crops]}},
-        "student": {"name": "multicrop_convnet",
-                    "params": {"channels": CHANNELS, "pool": "mil" if mil else "mean", "out_dim": OUT_DIM}},
-        "teacher": {"kind": "ema", "momentum": 0.996, "final_momentum": 1.0},
-        "objectives": objectives,
-        "train": {"epochs": s["epochs"], "eval_every": s["epochs"], "progress": False, "tensorboard": False,
-                  "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.04},
-                  "scheduler": {"name": "cosine", "warmup_steps": 100}},
-    }
+    return compose(
+        {"data": {"dataset": "fine_grained_digits", "params": {"copies": s["copies"]}, "batch_size": 128},
+         "student": {"name": "multicrop_convnet", "params": {"channels": CHANNELS, "pool": "mil" if mil else "mean", "out_dim": OUT_DIM}},
+         "train": train_section(s["epochs"], 0.001, weight_decay=0.04, warmup=100)},
+        cmd_config(OUT_DIM, inter_weight=1.0 if mil else None, momentum=0.996, view=CROPS),
+    )
 
 
 def _evaluate(model, splits) -> dict:
-    ftr, ytr = extract_features(model, splits.train, "embedding")
-    fte, yte = extract_features(model, splits.test, "embedding")
+    ftr, ytr, fte, yte = probe_features(model, splits, "embedding")
     att, _ = extract_features(model, splits.test, "attention")
     boxes = torch.as_tensor(splits.info["test_marker_boxes"])
     mass = marker_attention_mass(att, boxes, splits.input_shape[1:])
@@ -101,28 +97,24 @@ def _final_train_value(run_dir, key: str) -> float:
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     splits = load_dataset("fine_grained_digits", copies=s["copies"])
-    res: dict[str, dict[str, list[float]]] = {v: {"probe": [], "r1": [], "marker_attention": [], "final_intra_loss": []}
-                                              for v in ("dino", "cmd", "random_init")}
-    for seed in ctx.seeds:
-        torch.manual_seed(seed)
-        fresh = multicrop_convnet(splits.input_shape, channels=CHANNELS, pool="mil", out_dim=OUT_DIM)
-        for k, v in _evaluate(fresh, splits).items():
-            res["random_init"][k].append(v)
-        for variant in ("dino", "cmd"):
-            name = f"{variant}/seed{seed}"
-            ctx.train(name, _config(variant, seed, s))
-            net = multicrop_convnet(splits.input_shape, channels=CHANNELS, pool="mil" if variant == "cmd" else "mean",
-                                    out_dim=OUT_DIM)
-            teacher = load_teacher_weights(ctx.out / name, copy.deepcopy(net))
-            figures = _evaluate(teacher, splits)
-            figures["final_intra_loss"] = _final_train_value(ctx.out / name, "intra")
-            for k, v in figures.items():
-                res[variant][k].append(v)
-            ctx.log(f"  {name}: linear probe {figures['probe']:.3f}, R@1 {figures['r1']:.3f}, "
-                    f"attention on the marker {figures['marker_attention']:.3f}, "
-                    f"final DINO loss {figures['final_intra_loss']:.3f} (ln K = {math.log(OUT_DIM):.3f})")
+
+    def measure(run) -> dict:
+        if run.variant == "random_init":  # a reference figure: no training
+            torch.manual_seed(run.seed)
+            return _evaluate(multicrop_convnet(splits.input_shape, channels=CHANNELS, pool="mil", out_dim=OUT_DIM), splits)
+        net = multicrop_convnet(splits.input_shape, channels=CHANNELS, pool="mil" if run.variant == "cmd" else "mean",
+                                out_dim=OUT_DIM)
+        teacher = load_teacher_weights(run.dir, copy.deepcopy(net))
+        figures = _evaluate(teacher, splits)
+        figures["final_intra_loss"] = _final_train_value(run.dir, "intra")
+        ctx.log(f"  {run.name}: linear probe {figures['probe']:.3f}, R@1 {figures['r1']:.3f}, "
+                f"attention on the marker {figures['marker_attention']:.3f}, "
+                f"final DINO loss {figures['final_intra_loss']:.3f} (ln K = {math.log(OUT_DIM):.3f})")
+        return figures
+
+    res = by_metric(run_grid(ctx, {"random_init": None, "dino": _config("dino", s), "cmd": _config("cmd", s)}, measure))
     probe = better("MIL-attention cross-level distillation (CMD) beats plain DINO on the fine-grained linear probe",
                    res["cmd"]["probe"], res["dino"]["probe"], a_name="cmd", b_name="dino", metric="linear-probe accuracy")
     probe.figures["random_init"] = res["random_init"]["probe"]

@@ -38,36 +38,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..recipes.cotap import cotap_config, feature_objective
 from . import Claim, Context, Reproduction, better, register
+from ._common import (
+    Settings,
+    by_metric,
+    compose,
+    load_student,
+    patch_features,
+    run_grid,
+    train_section,
+    train_teacher,
+)
 
 VIT = {"name": "vit", "params": {"patch_size": 4, "dim": 32, "depth": 3, "heads": 4}}
-COTAP = {"dim": 32, "prototypes": 16, "filter_dim": 32, "temperature": 0.05, "target_temperature": 0.1}
-TOKENS = {"student": "student.norm", "teacher": "teacher.norm"}
-
-
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"teacher_epochs": 15, "epochs": 6, "probe_train": 300, "probe_test": 300}
-    return {"teacher_epochs": 30, "epochs": 12, "probe_train": 600, "probe_test": 500}
+SETTINGS = Settings(quick={"teacher_epochs": 15, "epochs": 6, "probe_train": 300, "probe_test": 300},
+                    full={"teacher_epochs": 30, "epochs": 12, "probe_train": 600, "probe_test": 500})
 
 
 def _measure(run_dir: Path, splits, probe_train: int, probe_test: int) -> dict[str, float]:
-    from ..engine.checkpoint import load_weights
-    from ..models import build_model
     from ..evaluation.probes import linear_probe_accuracy
     from ..recipes.cotap import dispersion_ratio
-    from ..recipes.ph_reg import tokens_at
 
-    model = build_model(VIT["name"], splits.input_shape, splits.num_classes, **VIT["params"])
-    load_weights(model, run_dir / "student.safetensors")
+    model = load_student(run_dir, VIT, splits.input_shape, splits.num_classes)
     n = splits.info["grid"] ** 2
-
-    def feats(ds, count):
-        t = tokens_at(model, ds.x[:count], "norm")[:, 1:1 + n]
-        return t.reshape(-1, t.shape[-1]), ds.fields["patch_labels"][:count].reshape(-1)
-
-    xtr, ytr = feats(splits.train, probe_train)
-    xte, yte = feats(splits.test, probe_test)
+    xtr, ytr = patch_features(model, splits.train, probe_train, n)
+    xte, yte = patch_features(model, splits.test, probe_test, n)
     return {"patch_probe": linear_probe_accuracy(xtr, ytr, xte, yte, max_iter=500),
             "dispersion": dispersion_ratio(xte, yte, ignore=splits.info["background"])}
 
@@ -75,34 +71,24 @@ def _measure(run_dir: Path, splits, probe_train: int, probe_test: int) -> dict[s
 def run(ctx: Context) -> list[Claim]:
     from ..data import load_dataset
 
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     single = {"size": 16, "n_train": 3000, "n_test": 500}
     params = {"size": 16, "min_digits": 2, "max_digits": 2, "n_train": 2000, "n_test": 500}
     splits = load_dataset("digit_canvas", **params)
-    optim = {"optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.05}, "scheduler": {"name": "cosine", "warmup_steps": 50},
-             "progress": False, "tensorboard": False}
-    ctx.train("teacher", {"seed": 0, "data": {"dataset": "digit_canvas", "params": single, "batch_size": 64}, "student": VIT,
-                          "objectives": [{"kind": "ce"}],
-                          "train": {**optim, "epochs": s["teacher_epochs"], "eval_every": s["teacher_epochs"],
-                                    "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.05}}})
-    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-    teacher_metrics = _measure(ctx.out / "teacher", splits, s["probe_train"], s["probe_test"])
-    teacher = {"kind": "frozen", "model": dict(VIT, checkpoint=weights), "precompute": True}
-    feature = {"name": "feature", "kind": "cosine", "params": {"dim": -1}, "inputs": TOKENS}
-    variants = {
-        "feature": [feature],
-        "cotap": [feature, {"name": "cotap", "kind": "cotap", "params": COTAP, "inputs": TOKENS, "weight": 1.0}],
-    }
-    res: dict[str, dict[str, list[float]]] = {name: {"patch_probe": [], "dispersion": []} for name in variants}
-    for seed in ctx.seeds:
-        for name, objectives in variants.items():
-            raw = {"seed": seed, "data": {"dataset": "digit_canvas", "params": params, "batch_size": 64}, "student": VIT,
-                   "teacher": teacher, "objectives": objectives, "train": {**optim, "epochs": s["epochs"], "eval_every": s["epochs"]}}
-            ctx.train(f"{name}/seed{seed}", raw)
-            m = _measure(ctx.out / name / f"seed{seed}", splits, s["probe_train"], s["probe_test"])
-            for k, v in m.items():
-                res[name][k].append(v)
-            ctx.log(f"    {name} seed {seed}: patch probe {m['patch_probe']:.4f}, dispersion {m['dispersion']:.4f}")
+    teacher = train_teacher(ctx, VIT, {"dataset": "digit_canvas", "params": single, "batch_size": 64},
+                            train_section(s["teacher_epochs"], 0.003, weight_decay=0.05, warmup=50), precompute=True)
+    teacher_metrics = _measure(teacher.run_dir, splits, s["probe_train"], s["probe_test"])
+    base = {"data": {"dataset": "digit_canvas", "params": params, "batch_size": 64}, "student": VIT, "teacher": teacher.section,
+            "train": train_section(s["epochs"], 0.002, weight_decay=0.05, warmup=50)}
+    variants = {"feature": compose(base, {"objectives": [feature_objective("norm")]}),
+                "cotap": compose(base, cotap_config(32, "norm", weight=1.0))}
+
+    def measure(run) -> dict[str, float]:
+        m = _measure(run.dir, splits, s["probe_train"], s["probe_test"])
+        ctx.log(f"    {run.variant} seed {run.seed}: patch probe {m['patch_probe']:.4f}, dispersion {m['dispersion']:.4f}")
+        return m
+
+    res = by_metric(run_grid(ctx, variants, measure))
     claims = [
         better("CoTAP concentrates patch features of the same digit (lower intra-class dispersion)",
                res["cotap"]["dispersion"], res["feature"]["dispersion"], a_name="cotap", b_name="feature", higher=False,

@@ -40,45 +40,26 @@ from typing import Any
 import torch
 
 from ..data import load_dataset
-from ..engine import checkpoint as ckpt
+from ..evaluation.retrieval import recall_at_k
 from ..models import build_model
+from ..recipes._fragments import frozen_teacher
+from ..recipes._itc import clip_objectives
 from ..recipes.dcd import (
+    dcd_config,
     dual_retrieval_scores,
     fit_fusion_teacher,
     fusion_retrieval_scores,
     time_retrieval,
 )
-from ..evaluation.retrieval import recall_at_k
 from . import Claim, Context, Reproduction, better, mean_std, register
+from ._common import Settings, compose, final, load_student, run_grid
 from ._dual import fast_train
 
 FUSION = {"hidden": 128, "fusion_hidden": [128]}
-STUDENT = {"hidden": [64], "embed_dim": 32}
+STUDENT = {"name": "dual_encoder", "params": {"hidden": [64], "embed_dim": 32}}
 DATA = {"dataset": "paired_digits", "params": {"views": "halves"}, "batch_size": 64, "eval_batch_size": 128}
 SPEEDUP_THRESHOLD = 10.0
-
-
-def _settings(quick: bool) -> dict[str, int]:
-    return {"teacher_epochs": 15, "epochs": 15} if quick else {"teacher_epochs": 40, "epochs": 40}
-
-
-def _student_config(seed: int, epochs: int, teacher_weights: str | None, objectives: list[dict[str, Any]]) -> dict[str, Any]:
-    raw: dict[str, Any] = {"seed": seed, "data": DATA, "student": {"name": "dual_encoder", "params": STUDENT},
-                           "objectives": objectives, "train": fast_train(epochs)}
-    if teacher_weights is not None:
-        raw["teacher"] = {"kind": "frozen", "model": {"name": "fusion_scorer", "params": FUSION, "checkpoint": teacher_weights}}
-    return raw
-
-
-def _dcd(weighting: str) -> list[dict[str, Any]]:
-    return [{"name": "dcd", "kind": "dcd", "params": {"temperature": 0.07, "teacher_temperature": 1.0, "num_hard_negatives": 8,
-                                                     "weighting": weighting, "alpha": 0.5}}]
-
-
-def _itc() -> list[dict[str, Any]]:
-    nce = {"kind": "infonce", "params": {"temperature": 0.07}, "weight": 0.5}
-    return [dict(nce, name="itc_i2t", inputs={"student": "student.image", "teacher": "student.text"}),
-            dict(nce, name="itc_t2i", inputs={"student": "student.text", "teacher": "student.image"})]
+SETTINGS = Settings(quick={"teacher_epochs": 15, "epochs": 15}, full={"teacher_epochs": 40, "epochs": 40})
 
 
 def _r1(scores: torch.Tensor) -> float:
@@ -86,23 +67,22 @@ def _r1(scores: torch.Tensor) -> float:
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     splits = load_dataset("paired_digits", views="halves")
     teacher = build_model("fusion_scorer", splits.input_shape, 10, **FUSION)
     summary = fit_fusion_teacher(teacher, splits.train, ctx.out / "teacher", epochs=s["teacher_epochs"], seed=0)
     teacher_w = str((ctx.out / "teacher" / "student.safetensors").resolve())
     teacher_r1 = _r1(fusion_retrieval_scores(teacher, splits.test.x))
     ctx.log(f"  teacher: R@1 {teacher_r1:.4f} ({summary['wall_s']:.1f}s)")
-    arms = {"student_alone": (None, _itc()), "dcd": (teacher_w, _dcd("dynamic"))}
+    base = {"data": DATA, "student": STUDENT, "train": fast_train(s["epochs"])}
+    distill = compose(base, {"teacher": frozen_teacher({"name": "fusion_scorer", "params": FUSION, "checkpoint": teacher_w})})
+    arms: dict[str, Any] = {"student_alone": compose(base, {"objectives": clip_objectives(0.07)}),
+                            "dcd": compose(distill, dcd_config(weighting="dynamic"))}
     if not ctx.quick:  # context only: the same without the difficulty weighting
-        arms["dcd_static"] = (teacher_w, _dcd("static"))
-    r1: dict[str, list[float]] = {a: [] for a in arms}
-    for seed in ctx.seeds:
-        for arm, (weights, objectives) in arms.items():
-            r1[arm].append(ctx.train(f"{arm}/seed{seed}", _student_config(seed, s["epochs"], weights, objectives))["final"]["r1"])
+        arms["dcd_static"] = compose(distill, dcd_config(weighting="static"))
+    r1 = run_grid(ctx, arms, final("r1"))
     # retrieval cost on the test gallery: the fusion teacher vs the last dcd student
-    student = build_model("dual_encoder", splits.input_shape, 10, **STUDENT)
-    ckpt.load_weights(student, ctx.out / f"dcd/seed{ctx.seeds[-1]}" / "student.safetensors", what="student")
+    student = load_student(ctx.out / f"dcd/seed{ctx.seeds[-1]}", STUDENT, splits.input_shape, 10)
     x = splits.test.x
     t_teacher = time_retrieval(lambda v: fusion_retrieval_scores(teacher, v), x)
     t_student = time_retrieval(lambda v: dual_retrieval_scores(student, v), x)

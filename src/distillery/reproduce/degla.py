@@ -44,50 +44,15 @@ import torch
 
 from ..data import load_dataset
 from ..evaluation.retrieval import hard_negative_accuracy, zero_shot_accuracy
+from ..recipes._itc import clip_objectives
+from ..recipes.degla import degla_config
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from ._common import Settings, by_metric, run_grid
 from ._dual import embed, fast_train, load_dual_encoder
 
 MODEL = {"image_dim": 64, "text_dim": 14, "hidden": [256], "embed_dim": 64}
 FINETUNE_CLASSES = [0, 1, 2, 3, 4]
-
-
-def _settings(quick: bool) -> dict[str, int]:
-    return {"pretrain_epochs": 20, "finetune_epochs": 15} if quick else {"pretrain_epochs": 40, "finetune_epochs": 30}
-
-
-def _itc() -> list[dict[str, Any]]:
-    nce = {"kind": "infonce", "params": {"temperature": 0.07}, "weight": 0.5}
-    return [dict(nce, name="itc_i2t", inputs={"student": "student.image", "teacher": "student.text"}),
-            dict(nce, name="itc_t2i", inputs={"student": "student.text", "teacher": "student.image"})]
-
-
-def _pretrain_config(seed: int, epochs: int) -> dict[str, Any]:
-    return {
-        "seed": seed,
-        "data": {"dataset": "attribute_digits", "params": {"captions": "class", "negatives": False}, "batch_size": 64},
-        "student": {"name": "dual_encoder", "params": MODEL},
-        "objectives": _itc(),
-        "train": fast_train(epochs, lr=1e-3),
-    }
-
-
-def _finetune_config(seed: int, epochs: int, weights: str, self_distill: bool) -> dict[str, Any]:
-    objectives = _itc() + [{"name": "igc", "kind": "hard_negative_contrast", "params": {"temperature": 0.07}}]
-    raw: dict[str, Any] = {
-        "seed": seed,
-        "data": {"dataset": "attribute_digits", "batch_size": 64,
-                 "params": {"captions": "attributes", "negatives": True, "classes": FINETUNE_CLASSES}},
-        "student": {"name": "dual_encoder", "params": MODEL, "checkpoint": weights},
-        "objectives": objectives,
-        "train": fast_train(epochs, lr=5e-4, warmup=20),
-    }
-    if self_distill:
-        raw["teacher"] = {"kind": "ema", "momentum": 0.999, "final_momentum": None}
-        objectives += [
-            {"name": "sd_image", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.image"}},
-            {"name": "sd_text", "kind": "cosine", "inputs": {"student": "student.text", "teacher": "teacher.text"}},
-        ]
-    return raw
+SETTINGS = Settings(quick={"pretrain_epochs": 20, "finetune_epochs": 15}, full={"pretrain_epochs": 40, "finetune_epochs": 30})
 
 
 def evaluate(model: torch.nn.Module, full: Any, compositional: Any) -> dict[str, float]:
@@ -109,24 +74,32 @@ def evaluate(model: torch.nn.Module, full: Any, compositional: Any) -> dict[str,
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     full = load_dataset("attribute_digits", captions="class", negatives=False)
     compositional = load_dataset("attribute_digits", captions="attributes", negatives=True, classes=FINETUNE_CLASSES)
     arms = ("pretrained", "finetune", "degla")
-    scores: dict[str, dict[str, list[float]]] = {a: {} for a in arms}
-    for seed in ctx.seeds:
-        ctx.train(f"pretrain/seed{seed}", _pretrain_config(seed, s["pretrain_epochs"]))
-        weights = str((ctx.out / f"pretrain/seed{seed}" / "student.safetensors").resolve())
-        runs = {"pretrained": f"pretrain/seed{seed}"}
-        for arm, sd in (("finetune", False), ("degla", True)):
-            runs[arm] = f"{arm}/seed{seed}"
-            ctx.train(runs[arm], _finetune_config(seed, s["finetune_epochs"], weights, sd))
-        for arm, name in runs.items():
-            model = load_dual_encoder(ctx.out / name, full.input_shape, MODEL)
-            result = evaluate(model, full, compositional)
-            for k, v in result.items():
-                scores[arm].setdefault(k, []).append(v)
-            ctx.log(f"    {arm} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    pretrain = {"data": {"dataset": "attribute_digits", "params": {"captions": "class", "negatives": False}, "batch_size": 64},
+                "student": {"name": "dual_encoder", "params": MODEL}, "objectives": clip_objectives(0.07),
+                "train": fast_train(s["pretrain_epochs"], lr=1e-3)}
+
+    def finetune(self_distill: bool):
+        def variant(seed: int) -> dict[str, Any]:
+            weights = str((ctx.out / f"pretrain/seed{seed}" / "student.safetensors").resolve())
+            return {"data": {"dataset": "attribute_digits", "batch_size": 64,
+                             "params": {"captions": "attributes", "negatives": True, "classes": FINETUNE_CLASSES}},
+                    "student": {"name": "dual_encoder", "params": MODEL, "checkpoint": weights},
+                    "train": fast_train(s["finetune_epochs"], lr=5e-4, warmup=20),
+                    **degla_config(momentum=0.999, temperature=0.07, self_distill=self_distill)}
+        return variant
+
+    def measure(run) -> dict[str, float]:
+        result = evaluate(load_dual_encoder(run.dir, full.input_shape, MODEL), full, compositional)
+        ctx.log(f"    {run.variant} seed {run.seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result
+
+    # the pre-trained model of each seed is measured as the arm "pretrained"
+    res = by_metric(run_grid(ctx, {"pretrain": pretrain, "finetune": finetune(False), "degla": finetune(True)}, measure))
+    scores = {"pretrained": res["pretrain"], "finetune": res["finetune"], "degla": res["degla"]}
     claims = [
         better("Fine-tuning with hard negatives and self-distillation improves compositional (attribute-swap) accuracy over the pre-trained model",
                scores["degla"]["compositional"], scores["pretrained"]["compositional"], a_name="degla", b_name="pretrained",

@@ -49,23 +49,25 @@ import math
 import torch
 
 from ..data import load_dataset
-from ..data.miniature.bands import EXTRA_BANDS, OPTICAL_BANDS, ZeroBands
 from ..data.datasets import ArrayDataset
-from ..engine import checkpoint as ckpt
-from ..models import build_model
-from ..evaluation.probes import extract_features, linear_probe_accuracy
+from ..data.miniature.bands import EXTRA_BANDS, OPTICAL_BANDS, ZeroBands
+from ..evaluation.probes import linear_probe_accuracy
+from ..recipes.deo import deo_config, single_teacher_config
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from ._common import (
+    Settings,
+    compose,
+    linear_probe,
+    load_student,
+    run_grid,
+    train_section,
+)
 
 OUT_DIM = 64
 BACKBONE = {"name": "cnn2d", "params": {"channels": [32, 64]}}
 AUG = [{"name": "crop2d", "padding": 1}, {"name": "scale", "low": 0.8, "high": 1.2}, {"name": "noise", "std": 0.2}]
-DINO = {"out_dim": OUT_DIM, "student_temperature": 0.1, "teacher_temperature": 0.04, "warmup_teacher_temperature": 0.04,
-        "center_momentum": 0.9}
 FEATURE = "backbone.head:input"
-
-
-def _settings(quick: bool) -> dict:
-    return {"copies": 2, "epochs": 20} if quick else {"copies": 4, "epochs": 50}
+SETTINGS = Settings(quick={"copies": 2, "epochs": 20}, full={"copies": 4, "epochs": 50})
 
 
 def _model(extra: list[int]) -> dict:
@@ -73,41 +75,26 @@ def _model(extra: list[int]) -> dict:
                                                "kernel_size": 3, "out_dim": OUT_DIM}}
 
 
-def _config(seed: int, s: dict, model: dict, teacher: dict, objectives: list[dict]) -> dict:
-    return {
-        "seed": seed,
-        "data": {"dataset": "multiband_digits", "params": {"noise": 1.0, "copies": s["copies"]}, "batch_size": 128,
-                 "student_view": {"transforms": AUG}},
-        "student": model,
-        "teacher": teacher,
-        "objectives": objectives,
-        "train": {"epochs": s["epochs"], "eval_every": s["epochs"], "progress": False, "tensorboard": False,
-                  "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.04},
-                  "scheduler": {"name": "cosine", "warmup_steps": 50}},
-    }
+def _base(s: dict, model: dict) -> dict:
+    return {"data": {"dataset": "multiband_digits", "params": {"noise": 1.0, "copies": s["copies"]}, "batch_size": 128},
+            "student": model, "train": train_section(s["epochs"], 1e-3, weight_decay=0.04, warmup=50)}
 
 
 def _load(ctx: Context, run: str, extra: list[int]) -> torch.nn.Module:
-    spec = _model(extra)
-    model = build_model(spec["name"], (6, 8, 8), 10, **spec["params"])
-    ckpt.load_weights(model, ctx.out / run / "student.safetensors", what=run)
-    return model.eval()
+    return load_student(ctx.out / run, _model(extra), (6, 8, 8), 10)
 
 
 def _probe(model: torch.nn.Module, splits, optical_only: bool) -> float:
-    def data(ds: ArrayDataset) -> ArrayDataset:
-        return ArrayDataset(ZeroBands(list(EXTRA_BANDS))(ds.x), ds.y) if optical_only else ds
+    def optical(ds: ArrayDataset) -> ArrayDataset:
+        return ArrayDataset(ZeroBands(list(EXTRA_BANDS))(ds.x), ds.y)
 
-    xtr, ytr = extract_features(model, data(splits.train), FEATURE)
-    xte, yte = extract_features(model, data(splits.test), FEATURE)
-    return linear_probe_accuracy(xtr, ytr, xte, yte, C=1.0)
+    return linear_probe(model, splits, FEATURE, optical if optical_only else None, C=1.0)
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
-    ema = {"kind": "ema", "momentum": 0.99, "final_momentum": 1.0, "view": {"transforms": AUG}}
-    dino = {"kind": "dino", "name": "dino", "params": DINO}
-    ctx.train("optical_teacher", _config(0, s, _model([]), ema, [dino]))
+    s = SETTINGS(ctx.quick)
+    single = single_teacher_config(OUT_DIM, AUG, momentum=0.99)
+    ctx.train("optical_teacher", {"seed": 0, **compose(_base(s, _model([])), single)})
     weights = str((ctx.out / "optical_teacher" / "student.safetensors").resolve())
     optical = dict(_model([]), checkpoint=weights)
     # probes always on the plain (one-copy) splits
@@ -116,21 +103,19 @@ def run(ctx: Context) -> list[Claim]:
     ctx.log(f"  optical teacher: probe {teacher_acc:.4f}")
     extra = list(EXTRA_BANDS)
     variants = {
-        "single": (ema, [dino]),
-        "dual": ({"kind": "bank", "members": [ema, {"kind": "frozen", "model": optical}]},
-                 [dict(dino, inputs={"student": "student.logits", "teacher": "teacher.0/logits"}),
-                  {"kind": "cosine", "name": "optical_kd", "weight": 1.0, "adapter": "linear",
-                   "inputs": {"student": f"student.{FEATURE}", "teacher": f"teacher.1/{FEATURE}"}}]),
+        "single": compose(_base(s, _model(extra)), single),
+        "dual": compose(_base(s, _model(extra)), deo_config(OUT_DIM, optical, AUG, momentum=0.99, feature=FEATURE,
+                                                            teacher_feature=FEATURE, feature_weight=1.0)),
     }
-    acc: dict[str, list[float]] = {f"{v}_{m}": [] for v in variants for m in ("multiband", "optical_only")}
-    for seed in ctx.seeds:
-        for name, (teacher, objectives) in variants.items():
-            ctx.train(f"{name}/seed{seed}", _config(seed, s, _model(extra), teacher, objectives))
-            model = _load(ctx, f"{name}/seed{seed}", extra)
-            acc[f"{name}_multiband"].append(_probe(model, splits, optical_only=False))
-            acc[f"{name}_optical_only"].append(_probe(model, splits, optical_only=True))
-            ctx.log(f"  {name}/seed{seed}: probe multi-band {acc[f'{name}_multiband'][-1]:.4f}, "
-                    f"optical-only {acc[f'{name}_optical_only'][-1]:.4f}")
+
+    def measure(run) -> dict[str, float]:
+        model = _load(ctx, run.name, extra)
+        m = {"multiband": _probe(model, splits, optical_only=False), "optical_only": _probe(model, splits, optical_only=True)}
+        ctx.log(f"  {run.name}: probe multi-band {m['multiband']:.4f}, optical-only {m['optical_only']:.4f}")
+        return m
+
+    res = run_grid(ctx, variants, measure)
+    acc = {f"{v}_{m}": [r[m] for r in res[v]] for v in variants for m in ("multiband", "optical_only")}
     metric = "linear-probe test accuracy"
     dual_ms = mean_std(acc["dual_multiband"])
     se = dual_ms["std"] / math.sqrt(dual_ms["n"]) if dual_ms["n"] > 1 else float("inf")

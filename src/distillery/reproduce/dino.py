@@ -33,11 +33,18 @@ from __future__ import annotations
 import math
 
 from ..data import load_dataset
+from ..evaluation.probes import extract_features
 from ..models.multicrop import multicrop_convnet
 from ..objectives import dino_target_statistics
-from ..evaluation.probes import extract_features
-from ..recipes.cmd import load_run_state, load_teacher_weights
+from ..recipes._fragments import ema_teacher
+from ..recipes.cmd import (
+    dino_objective,
+    load_run_state,
+    load_teacher_weights,
+    multicrop_spec,
+)
 from . import Claim, Context, Reproduction, mean_std, register
+from ._common import Settings, run_grid, train_section
 
 OUT_DIM = 64
 CHANNELS = [16, 32]
@@ -48,22 +55,19 @@ SETTINGS = {  # name: (teacher temperature, center momentum)
     "both_t0.04": (0.04, 0.9),
     "both_t0.02": (0.02, 0.9),
 }
+EPOCHS = Settings(quick={"epochs": 10}, full={"epochs": 30})
 
 
 def config(teacher_temperature: float, center_momentum: float, seed: int, epochs: int) -> dict:
-    """The ``distillery run`` config of one setting (``configs/dino_digits.yaml`` is the 0.04 one)."""
+    """The ``distillery run`` config of one setting (``configs/dino_digits.yaml`` is the 0.02 one)."""
     return {
         "seed": seed,
         "data": {"dataset": "digits", "batch_size": 128,
-                 "student_view": {"transforms": [{"name": "multicrop", "n_global": 2, "n_local": 0, "global_size": 8,
-                                                  "global_scale": [0.5, 1.0]}]}},
+                 "student_view": {"transforms": [multicrop_spec(2, 0, global_size=8, global_scale=[0.5, 1.0])]}},
         "student": {"name": "multicrop_convnet", "params": {"channels": CHANNELS, "pool": "mean", "out_dim": OUT_DIM}},
-        "teacher": {"kind": "ema", "momentum": 0.99, "final_momentum": None},
-        "objectives": [{"kind": "dino", "params": {
-            "out_dim": OUT_DIM, "student_temperature": STUDENT_TEMPERATURE, "teacher_temperature": teacher_temperature,
-            "warmup_teacher_temperature": teacher_temperature, "center_momentum": center_momentum}}],
-        "train": {"epochs": epochs, "eval_every": epochs, "progress": False, "tensorboard": False,
-                  "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.04}},
+        "teacher": ema_teacher(0.99, None),
+        "objectives": [dino_objective(OUT_DIM, STUDENT_TEMPERATURE, teacher_temperature, center_momentum=center_momentum)],
+        "train": train_section(epochs, 0.001, weight_decay=0.04, scheduler=None),
     }
 
 
@@ -74,24 +78,24 @@ def _every(claim: str, rule: str, figures: dict[str, list[float]], key: str, ok)
 
 
 def run(ctx: Context) -> list[Claim]:
-    epochs = 10 if ctx.quick else 30
+    epochs = EPOCHS(ctx.quick)["epochs"]
     splits = load_dataset("digits")
-    stats: dict[str, dict[str, list[float]]] = {s: {"entropy": [], "marginal_entropy": [], "mutual_information": []}
-                                                for s in SETTINGS}
-    for seed in ctx.seeds:
-        for setting, (tau_t, momentum) in SETTINGS.items():
-            name = f"{setting}/seed{seed}"
-            ctx.train(name, config(tau_t, momentum, seed, epochs))
-            state = load_run_state(ctx.out / name)  # EMA teacher and DINO center, read once
-            net = multicrop_convnet(splits.input_shape, channels=CHANNELS, pool="mean", out_dim=OUT_DIM)
-            teacher = load_teacher_weights(ctx.out / name, net, state)
-            logits, _ = extract_features(teacher, splits.test, "logits")
-            figures = dino_target_statistics(logits, state["objectives.dino.center"], tau_t)
-            for k, v in figures.items():
-                stats[setting][k].append(v)
-            ctx.log(f"  {name}: target entropy {figures['entropy']:.3f}, entropy of the mean target "
-                    f"{figures['marginal_entropy']:.3f}, mutual information {figures['mutual_information']:.3f} "
-                    f"(ln K = {math.log(OUT_DIM):.3f})")
+
+    def measure(run) -> dict[str, float]:
+        tau_t = SETTINGS[run.variant][0]
+        state = load_run_state(run.dir)  # EMA teacher and DINO center, read once
+        net = multicrop_convnet(splits.input_shape, channels=CHANNELS, pool="mean", out_dim=OUT_DIM)
+        teacher = load_teacher_weights(run.dir, net, state)
+        logits, _ = extract_features(teacher, splits.test, "logits")
+        figures = dino_target_statistics(logits, state["objectives.dino.center"], tau_t)
+        ctx.log(f"  {run.name}: target entropy {figures['entropy']:.3f}, entropy of the mean target "
+                f"{figures['marginal_entropy']:.3f}, mutual information {figures['mutual_information']:.3f} "
+                f"(ln K = {math.log(OUT_DIM):.3f})")
+        return figures
+
+    variants = {name: (lambda seed, tau=tau, m=m: config(tau, m, seed, epochs)) for name, (tau, m) in SETTINGS.items()}
+    stats = {name: {k: [f[k] for f in rows] for k in ("entropy", "marginal_entropy", "mutual_information")}
+             for name, rows in run_grid(ctx, variants, measure).items()}
     ln_k = math.log(OUT_DIM)
     both = "mutual information between sample and target, H(mean P) - mean H(P), > 0.1 nats in every seed"
     return [

@@ -61,7 +61,6 @@ import torch
 from ..batch import BatchView
 from ..data import load_dataset
 from ..data.views import Compose, Noise, Scale, Shift1d
-from ..engine import checkpoint as ckpt
 from ..engine.distiller import Distiller, Term
 from ..engine.trainer import Trainer
 from ..models import build_model
@@ -73,9 +72,10 @@ from ..recipes.distill_weighted import (
     score_sources,
     target_teachers,
 )
-from ..weighting.similarity import SimilarityWeight
 from ..teachers import PrivilegedTeacher
+from ..weighting.similarity import SimilarityWeight
 from . import Claim, Context, Reproduction, better, register
+from ._common import Settings, load_student, train_section
 
 SOURCES = {
     "digits_0-4": {"domain": "none", "classes": [0, 1, 2, 3, 4]},
@@ -89,10 +89,8 @@ OPTIM = {"name": "adamw", "lr": 3e-3}
 SCHED = {"name": "cosine", "warmup_steps": 50}
 
 
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"source_epochs": 8, "unlabeled": 4000, "epochs": 10, "scratch_epochs": 60}
-    return {"source_epochs": 20, "unlabeled": 10000, "epochs": 20, "scratch_epochs": 100}
+SETTINGS = Settings(quick={"source_epochs": 8, "unlabeled": 4000, "epochs": 10, "scratch_epochs": 60},
+                    full={"source_epochs": 20, "unlabeled": 10000, "epochs": 20, "scratch_epochs": 100})
 
 
 def _train_sources(ctx: Context, s: dict) -> dict[str, torch.nn.Module]:
@@ -103,12 +101,9 @@ def _train_sources(ctx: Context, s: dict) -> dict[str, torch.nn.Module]:
             "data": {"dataset": "mnist1d_source", "params": dict(params, samples=4000, generator_seed=11), "batch_size": 128},
             "student": SOURCE_MODEL,
             "objectives": [{"kind": "ce"}],
-            "train": {"epochs": s["source_epochs"], "optimizer": OPTIM, "scheduler": SCHED, "eval_every": s["source_epochs"],
-                      "progress": False, "tensorboard": False},
+            "train": train_section(s["source_epochs"], OPTIM["lr"], warmup=SCHED["warmup_steps"]),
         })
-        model = build_model(SOURCE_MODEL["name"], (40,), 10, **SOURCE_MODEL["params"])
-        ckpt.load_weights(model, ctx.out / f"source_{name}" / "student.safetensors", what=f"source {name}")
-        sources[name] = model.eval()
+        sources[name] = load_student(ctx.out / f"source_{name}", SOURCE_MODEL, (40,), 10)
     return sources
 
 
@@ -130,7 +125,7 @@ def _fit(ctx: Context, name: str, distiller: Distiller, train, test, seed: int, 
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     sources = _train_sources(ctx, s)
     names = list(sources)
     target = load_dataset("mnist1d_shifted", shift="none", labels_per_class=10, unlabeled=s["unlabeled"])

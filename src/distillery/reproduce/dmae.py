@@ -41,36 +41,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..engine.checkpoint import save_state
-from ..recipes.dmae import with_encoder
+from ..recipes.dmae import dmae_config, mae_objective, with_encoder
 from ..recipes.sd_further_pretraining import export_encoder
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from ._common import ONE_CHECKPOINT, Settings, compose, train_section
 
 VIT_T = {"patch_size": 2, "dim": 48, "depth": 3, "heads": 4, "mlp_ratio": 2.0}
 VIT_S = {"patch_size": 2, "dim": 32, "depth": 2, "heads": 4, "mlp_ratio": 2.0}
 DECODER = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
 STUDENT_LAYER, TEACHER_LAYER = "encoder.blocks.1", "encoder.blocks.1"
-
-
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"unlabeled": 2000, "teacher_epochs": 5, "epochs": 4, "ft_epochs": 4}
-    return {"unlabeled": 6000, "teacher_epochs": 30, "epochs": 20, "ft_epochs": 20}
+SETTINGS = Settings(quick={"unlabeled": 2000, "teacher_epochs": 5, "epochs": 4, "ft_epochs": 4},
+                    full={"unlabeled": 6000, "teacher_epochs": 30, "epochs": 20, "ft_epochs": 20})
 
 
 def _train(epochs: int, warmup: int = 50) -> dict:
-    return {"epochs": epochs, "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.05},
-            "scheduler": {"name": "cosine", "warmup_steps": warmup}, "eval_every": epochs, "checkpoint_every": 10**9,
-            "keep_checkpoints": 1, "progress": False, "tensorboard": False}
+    return train_section(epochs, 0.001, weight_decay=0.05, warmup=warmup, **ONE_CHECKPOINT)
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     unlabeled = {"dataset": "mnist1d", "params": {"unlabeled": s["unlabeled"]}, "unlabeled": True, "batch_size": 256}
     labeled = {"dataset": "mnist1d", "batch_size": 128}
     mae_t = dict(VIT_T, mask_ratio=0.75, hidden_in_training=False, **DECODER)
     # -- teachers: MAE pre-training, then a fine-tuned copy --------------------------------------
     ctx.train("teacher_pretrained", {"seed": 0, "data": unlabeled, "student": {"name": "mae_vit", "params": mae_t},
-                                     "objectives": [{"kind": "masked_reconstruction"}], "train": _train(s["teacher_epochs"])})
+                                     "objectives": [mae_objective(name=None)], "train": _train(s["teacher_epochs"])})
     pre = ctx.out / "teacher_pretrained" / "student.safetensors"
     pre_vit = export_encoder(pre, ctx.path("teacher_pretrained") / "encoder.safetensors")
     ft_summary = ctx.train("teacher_finetuned", {"seed": 0, "data": labeled,
@@ -85,13 +80,12 @@ def run(ctx: Context) -> list[Claim]:
     def distill(name: str, seed: int, mask: float, teacher: str | None) -> Path:
         student = {"name": "mae_vit", "params": dict(VIT_S, mask_ratio=mask, hidden_in_training=False,
                                                       share_mask=teacher is not None, **DECODER)}
-        raw = {"seed": seed, "data": unlabeled, "student": student, "objectives": [{"kind": "masked_reconstruction", "name": "mae"}],
-               "train": _train(s["epochs"])}
-        if teacher is not None:
-            raw["teacher"] = {"kind": "frozen", "until": TEACHER_LAYER,
-                              "model": {"name": "mae_vit", "params": mae_t, "checkpoint": teachers[teacher]}}
-            raw["objectives"].append({"kind": "normalized_l1", "name": "distill", "weight": 1.0, "adapter": "mlp",
-                                      "inputs": {"student": f"student.{STUDENT_LAYER}", "teacher": f"teacher.{TEACHER_LAYER}"}})
+        base = {"seed": seed, "data": unlabeled, "student": student, "train": _train(s["epochs"])}
+        if teacher is None:
+            raw = compose(base, {"objectives": [mae_objective()]})
+        else:
+            teacher_model = {"name": "mae_vit", "params": mae_t, "checkpoint": teachers[teacher]}
+            raw = compose(base, dmae_config(STUDENT_LAYER, TEACHER_LAYER, weight=1.0, adapter="mlp", teacher_model=teacher_model))
         ctx.train(f"{name}/seed{seed}", raw)
         return ctx.out / name / f"seed{seed}" / "student.safetensors"
 

@@ -35,34 +35,29 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+from ..recipes.gam import gam_config, injection_objectives
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from ._common import (
+    ONE_CHECKPOINT,
+    Settings,
+    compose,
+    run_grid,
+    train_section,
+    train_teacher,
+)
 
 GRID = (0.1, 1.0, 10.0, 100.0)
 STUDENT = {"name": "cnn2d", "params": {"channels": [8, 16, 32, 32]}}
 TEACHER = {"name": "cnn2d", "params": {"channels": [32, 64, 64]}}
 LAYER = "blocks.1"
 BATCH = 64
-
-
-def _settings(quick: bool) -> dict:
-    return {"teacher_epochs": 15, "epochs": 12} if quick else {"teacher_epochs": 30, "epochs": 30}
-
-
-def _train(epochs: int) -> dict:
-    return {"epochs": epochs, "optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "cosine"},
-            "eval_every": epochs, "checkpoint_every": 10**9, "keep_checkpoints": 1, "progress": False, "tensorboard": False}
-
-
-def _inject(weight: float) -> dict:
-    return {"kind": "cosine", "name": "inject", "weight": weight, "adapter": "conv1x1",
-            "inputs": {"student": f"student.{LAYER}", "teacher": f"teacher.{LAYER}"}}
+SETTINGS = Settings(quick={"teacher_epochs": 15, "epochs": 12}, full={"teacher_epochs": 30, "epochs": 30})
 
 
 def _calibrate(teacher_weights: str) -> dict[str, float]:
     """rho from gradient shares at a seed-0 initialisation (no training, no accuracy)."""
-    from pathlib import Path
-
     import torch
 
     from ..data import load_dataset
@@ -85,32 +80,23 @@ def _calibrate(teacher_weights: str) -> dict[str, float]:
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     data = {"dataset": "digits", "batch_size": BATCH}
-    ctx.train("teacher", {"seed": 0, "data": data, "student": TEACHER, "objectives": [{"kind": "ce"}],
-                          "train": _train(s["teacher_epochs"])})
-    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-    teacher = {"kind": "frozen", "model": dict(TEACHER, checkpoint=weights)}
-    cal = _calibrate(weights)
+    teacher = train_teacher(ctx, TEACHER, data, train_section(s["teacher_epochs"], **ONE_CHECKPOINT))
+    cal = _calibrate(teacher.weights)
     rho = cal["rho"]
     delta = rho / 11.0
     from ..data import load_dataset
 
     steps_per_epoch = math.ceil(len(load_dataset("digits").train) / BATCH)
     ctx.log(f"  GAM target: rho {rho:.3f} (task-only share {cal['p0']:.3f}, injection-only {cal['p1']:.3f}), delta {delta:.3f}")
-    acc: dict[str, list[float]] = {"ce": [], "gam": [], **{f"fixed_{w:g}": [] for w in GRID}}
-    final_weights: list[float] = []
-    for seed in ctx.seeds:
-        base = {"seed": seed, "data": data, "student": STUDENT, "train": _train(s["epochs"])}
-        acc["ce"].append(ctx.train(f"ce/seed{seed}", dict(base, objectives=[{"kind": "ce"}]))["final"]["accuracy"])
-        for w in GRID:
-            raw = dict(base, teacher=teacher, objectives=[{"kind": "ce"}, _inject(w)])
-            acc[f"fixed_{w:g}"].append(ctx.train(f"fixed_{w:g}/seed{seed}", raw)["final"]["accuracy"])
-        gam = {"task": "ce", "term": "inject", "params": LAYER, "rho": rho, "delta": delta, "initial": 1.0,
-               "every": steps_per_epoch}
-        raw = dict(base, teacher=teacher, objectives=[{"kind": "ce"}, _inject(1.0)], weighting={"gam": gam})
-        acc["gam"].append(ctx.train(f"gam/seed{seed}", raw)["final"]["accuracy"])
-        final_weights.append(_last_weight(ctx.out / "gam" / f"seed{seed}" / "metrics.jsonl"))
+    base = {"data": data, "student": STUDENT, "train": train_section(s["epochs"], **ONE_CHECKPOINT)}
+    distill = compose(base, {"teacher": teacher.section})
+    variants = {"ce": compose(base, {"objectives": [{"kind": "ce"}]})}
+    variants.update({f"fixed_{w:g}": compose(distill, {"objectives": injection_objectives(LAYER, LAYER, w)}) for w in GRID})
+    variants["gam"] = compose(distill, gam_config(LAYER, LAYER, rho=rho, delta=delta, every=steps_per_epoch, initial=1.0))
+    acc = run_grid(ctx, variants)
+    final_weights = [_last_weight(ctx.out / "gam" / f"seed{seed}" / "metrics.jsonl") for seed in ctx.seeds]
     grid_means = {w: mean_std(acc[f"fixed_{w:g}"])["mean"] for w in GRID}
     best = max(GRID, key=lambda w: grid_means[w])
     worst = min(GRID, key=lambda w: grid_means[w])
@@ -128,7 +114,7 @@ def run(ctx: Context) -> list[Claim]:
     return claims
 
 
-def _last_weight(metrics: "Path") -> float:  # noqa: F821
+def _last_weight(metrics: Path) -> float:
     last = float("nan")
     with open(metrics) as f:
         for line in f:

@@ -32,76 +32,74 @@ from __future__ import annotations
 import torch
 
 from . import Claim, Context, Reproduction, better, mean_std, register
+from ._common import Settings, compose, load_student, run_grid, train_section
 
 DATA = {"grid": 6, "n_train": 3000, "n_test": 1000, "label_noise": 0.5, "seed": 0}
 BATCH = 64
 MODEL = {"name": "ring_localizer", "params": {"hidden": 128, "embed": 32, "descriptor": 64}}
-FOV = {"name": "fov_mask", "min_degrees": 180, "max_degrees": 240, "dim": 1, "start": -8, "length": 8}
+FOV = {"min_degrees": 180, "max_degrees": 240, "ring": 8}
 EMA_PER_EPOCH = 0.9
 EVAL_FOV_SEED = 1234
-
-
-def _settings(quick: bool) -> dict:
-    return {"base_epochs": 15, "epochs": 8} if quick else {"base_epochs": 40, "epochs": 20}
+SETTINGS = Settings(quick={"base_epochs": 15, "epochs": 8}, full={"base_epochs": 40, "epochs": 20})
 
 
 def run(ctx: Context) -> list[Claim]:
     from ..data import load_dataset
-    from ..engine.checkpoint import load_weights
-    from ..models import build_model
     from ..recipes.geodistill import (
         ema_momentum_per_step,
+        fov_spec,
+        geodistill_config,
         localization_metrics,
         ring_fov,
     )
 
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     splits = load_dataset("tile_localization", **DATA)
     steps_per_epoch = -(-DATA["n_train"] // BATCH)
     momentum = ema_momentum_per_step(EMA_PER_EPOCH, steps_per_epoch)
     data = {"dataset": "tile_localization", "params": DATA, "batch_size": BATCH}
-    fov_data = dict(data, student_view=[FOV])
-    common = {"progress": False, "tensorboard": False, "checkpoint_every": 10**6, "scheduler": {"name": "cosine"}}
-    base_train = {"epochs": s["base_epochs"], "optimizer": {"name": "adamw", "lr": 0.003}, "eval_every": s["base_epochs"], **common}
-    stage2 = {"epochs": s["epochs"], "optimizer": {"name": "adamw", "lr": 0.001}, "eval_every": s["epochs"], **common}
+    fov = fov_spec(**FOV)
+
+    def train(epochs: int, lr: float) -> dict:
+        return train_section(epochs, lr, checkpoint_every=10**6)
+
+    base_train, stage2_train = train(s["base_epochs"], 0.003), train(s["epochs"], 0.001)
 
     x_test, cells = splits.test.x, splits.test.y
     gen = torch.Generator().manual_seed(EVAL_FOV_SEED)
-    x_fov = ring_fov(FOV["min_degrees"], FOV["max_degrees"])(x_test, gen)
+    x_fov = ring_fov(FOV["min_degrees"], FOV["max_degrees"], FOV["ring"])(x_test, gen)
     grid = DATA["grid"]
 
     def evaluate(run_dir) -> dict[str, dict[str, float]]:
-        model = build_model(MODEL["name"], splits.input_shape, splits.num_classes, **MODEL["params"])
-        load_weights(model, run_dir / "student.safetensors", what=f"student of {run_dir}")
-        model.eval()
+        model = load_student(run_dir, MODEL, splits.input_shape, splits.num_classes)
         with torch.no_grad():
             return {"full": localization_metrics(model(x_test), cells, grid),
                     "fov": localization_metrics(model(x_fov), cells, grid)}
 
-    names = ("base", "continued", "fov_augment", "geodistill")
-    res: dict[str, dict[str, dict[str, list[float]]]] = {
-        n: {q: {"error": [], "entropy": [], "accuracy": []} for q in ("full", "fov")} for n in names
+    def stage2(objectives: dict, fov_view: bool):
+        def variant(seed: int) -> dict:
+            base_weights = str((ctx.out / "base" / f"seed{seed}" / "student.safetensors").resolve())
+            fragment = compose({"data": data}, {"data": {"student_view": [fov]}} if fov_view else None, objectives)
+            return {"student": dict(MODEL, checkpoint=base_weights), "train": stage2_train, **fragment}
+        return variant
+
+    variants = {
+        "base": {"data": data, "student": MODEL, "objectives": [{"kind": "ce"}], "train": base_train},
+        "continued": stage2({"objectives": [{"kind": "ce"}]}, False),
+        "fov_augment": stage2({"objectives": [{"kind": "ce"}]}, True),
+        "geodistill": stage2(geodistill_config(momentum, fov, temperature=1.0), False),  # the recipe brings the FoV view
     }
-    for seed in ctx.seeds:
-        ctx.train(f"base/seed{seed}", {"seed": seed, "data": data, "student": MODEL, "objectives": [{"kind": "ce"}],
-                                       "train": base_train})
-        base_weights = str((ctx.out / "base" / f"seed{seed}" / "student.safetensors").resolve())
-        student = dict(MODEL, checkpoint=base_weights)
-        variants = {
-            "continued": {"data": data, "objectives": [{"kind": "ce"}]},
-            "fov_augment": {"data": fov_data, "objectives": [{"kind": "ce"}]},
-            "geodistill": {"data": fov_data, "objectives": [{"kind": "kd", "params": {"temperature": 1.0}}],
-                           "teacher": {"kind": "ema", "view": "x", "momentum": momentum, "final_momentum": None}},
-        }
-        for name, v in variants.items():
-            ctx.train(f"{name}/seed{seed}", {"seed": seed, "student": student, "train": stage2, **v})
-        for name in names:
-            m = evaluate(ctx.out / name / f"seed{seed}")
-            for q in ("full", "fov"):
-                for k in ("error", "entropy", "accuracy"):
-                    res[name][q][k].append(m[q][k])
-            ctx.log(f"    {name}: error full {m['full']['error']:.3f} / fov {m['fov']['error']:.3f}, "
-                    f"entropy full {m['full']['entropy']:.3f} / fov {m['fov']['entropy']:.3f}")
+
+    def measure(run) -> dict[str, dict[str, float]]:
+        m = evaluate(run.dir)
+        ctx.log(f"    {run.variant}: error full {m['full']['error']:.3f} / fov {m['fov']['error']:.3f}, "
+                f"entropy full {m['full']['entropy']:.3f} / fov {m['fov']['entropy']:.3f}")
+        return m
+
+    names = tuple(variants)
+    runs = run_grid(ctx, variants, measure)
+    res = {n: {q: {k: [m[q][k] for m in runs[n]] for k in ("error", "entropy", "accuracy")} for q in ("full", "fov")}
+           for n in names}
     table = {n: {q: {k: mean_std(v) for k, v in res[n][q].items()} for q in res[n]} for n in names}
     claims = []
     for metric, what in (("error", "localization error"), ("entropy", "prediction entropy")):

@@ -52,6 +52,7 @@ from ..models import build_model
 from ..recipes.guided_sd import guided_sd_loop
 from ..theory import krr
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from ._common import Settings
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 KRR_STEPS = 20
@@ -59,8 +60,7 @@ GAMMA = 8.0
 LAMBDAS = [10.0 ** e for e in torch.linspace(-4, 1, 26, dtype=torch.float64).tolist()]
 
 
-def _settings(quick: bool) -> dict:
-    return {"generations": 4 if quick else 8, "steps": 400}
+SETTINGS = Settings(quick={"generations": 4, "steps": 400}, full={"generations": 8, "steps": 400})
 
 
 def loo_lambda(K: torch.Tensor, y: torch.Tensor, lambdas=LAMBDAS) -> float:
@@ -148,7 +148,7 @@ def _krr_part(seeds: list[int]) -> tuple[list[Claim], dict]:
 
 
 def _learned_part(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     T = s["generations"]
     trainer = {"epochs": s["steps"], "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.01, "weight_decay": 1e-3},
                "log_every": 10_000}

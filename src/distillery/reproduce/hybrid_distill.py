@@ -46,18 +46,20 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from ..evaluation.attention import attention_statistics
 from ..data import load_dataset
 from ..engine import checkpoint as ckpt
 from ..engine.distiller import Distiller
 from ..engine.trainer import Trainer
+from ..evaluation.attention import attention_statistics
+from ..evaluation.probes import linear_probe_accuracy
 from ..models import build_model
 from ..models.mae import encoder_state_dict
 from ..models.miniature.token_masking import TokenMaskingViT
-from ..evaluation.probes import linear_probe_accuracy
+from ..recipes.dmae import mae_objective
 from ..recipes.hybrid_distill import hybrid_terms, single_teacher_terms, token_features
 from ..teachers import PrecomputedTeacher, TeacherBank
 from . import Claim, Context, Reproduction, mean_std, not_worse, register
+from ._common import Settings, train_section, train_teacher
 
 VIT = {"patch_size": 4, "dim": 32, "depth": 4, "heads": 4, "mlp_ratio": 2.0}
 GRID = (10,)
@@ -67,15 +69,12 @@ OPTIM = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}
 SCHED = {"name": "cosine", "warmup_steps": 50}
 
 
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"unlabeled": 0, "mae_epochs": 8, "sup_epochs": 12, "epochs": 5}
-    return {"unlabeled": 10000, "mae_epochs": 30, "sup_epochs": 40, "epochs": 15}
+SETTINGS = Settings(quick={"unlabeled": 0, "mae_epochs": 8, "sup_epochs": 12, "epochs": 5},
+                    full={"unlabeled": 10000, "mae_epochs": 30, "sup_epochs": 40, "epochs": 15})
 
 
 def _train_cfg(epochs: int) -> dict:
-    return {"epochs": epochs, "optimizer": OPTIM, "scheduler": SCHED, "eval_every": epochs, "progress": False,
-            "tensorboard": False}
+    return train_section(epochs, OPTIM["lr"], weight_decay=OPTIM["weight_decay"], warmup=SCHED["warmup_steps"])
 
 
 def _teachers(ctx: Context, s: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -83,9 +82,9 @@ def _teachers(ctx: Context, s: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
             "unlabeled": bool(s["unlabeled"]), "batch_size": 128}
     mae = dict(VIT, mask_ratio=0.75, decoder_dim=32, decoder_depth=1, decoder_heads=2, hidden_in_training=False)
     ctx.train("mim_teacher", {"seed": 0, "data": data, "student": {"name": "mae_vit", "params": mae},
-                              "objectives": [{"kind": "masked_reconstruction", "name": "mae"}], "train": _train_cfg(s["mae_epochs"])})
-    ctx.train("sup_teacher", {"seed": 0, "data": {"dataset": "mnist1d", "batch_size": 128}, "student": {"name": "vit", "params": VIT},
-                              "objectives": [{"kind": "ce"}], "train": _train_cfg(s["sup_epochs"])})
+                              "objectives": [mae_objective()], "train": _train_cfg(s["mae_epochs"])})
+    train_teacher(ctx, {"name": "vit", "params": VIT}, {"dataset": "mnist1d", "batch_size": 128}, _train_cfg(s["sup_epochs"]),
+                  name="sup_teacher")
     mim = build_model("vit", (40,), 10, **VIT)
     mim.load_state_dict(encoder_state_dict(load_file(str(ctx.out / "mim_teacher" / "student.safetensors"))))
     sup = build_model("vit", (40,), 10, **VIT)
@@ -101,7 +100,7 @@ def _evaluate(model: torch.nn.Module, splits, address: str = "norm") -> dict:
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     mim, sup = _teachers(ctx, s)
     splits = load_dataset("mnist1d", unlabeled=s["unlabeled"]) if s["unlabeled"] else load_dataset("mnist1d")
     train = splits.train_with_unlabeled()

@@ -35,21 +35,24 @@ Rules:
 
 from __future__ import annotations
 
-from ..recipes.linfusion import token_scaling
+from ..recipes.linfusion import linfusion_config, token_scaling
 from . import Claim, Context, Reproduction, better, not_worse, register
+from ._common import (
+    ONE_CHECKPOINT,
+    Settings,
+    compose,
+    run_grid,
+    train_section,
+    train_teacher,
+)
 
 VIT = {"patch_size": 2, "dim": 32, "depth": 3, "heads": 4, "mlp_ratio": 2.0}
 TOKENS = (128, 512, 2048)
-
-
-def _settings(quick: bool) -> dict:
-    return {"teacher_epochs": 15, "epochs": 8, "repeats": 3} if quick else {"teacher_epochs": 40, "epochs": 30, "repeats": 5}
+SETTINGS = Settings(quick={"teacher_epochs": 15, "epochs": 8, "repeats": 3}, full={"teacher_epochs": 40, "epochs": 30, "repeats": 5})
 
 
 def _train(epochs: int, lr: float, warmup: int) -> dict:
-    return {"epochs": epochs, "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.05},
-            "scheduler": {"name": "cosine", "warmup_steps": warmup}, "eval_every": epochs, "checkpoint_every": 10**9,
-            "keep_checkpoints": 1, "progress": False, "tensorboard": False}
+    return train_section(epochs, lr, weight_decay=0.05, warmup=warmup, **ONE_CHECKPOINT)
 
 
 def _ratio_claim(what: str, key: str, cost: dict) -> Claim:
@@ -71,26 +74,16 @@ def _slope(values: list[float]) -> float:
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     data = {"dataset": "digits", "batch_size": 64}
-    t = ctx.train("teacher", {"seed": 0, "data": data, "student": {"name": "vit", "params": VIT},
-                              "objectives": [{"kind": "ce"}], "train": _train(s["teacher_epochs"], 2e-3, 50)})
-    teacher_acc = t["final"]["accuracy"]
-    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-    teacher = {"kind": "frozen", "model": {"name": "vit", "params": VIT, "checkpoint": weights}}
-    student = {"name": "linear_vit", "params": dict(VIT, inherit_teacher_weights=True)}
-    feats = [{"kind": "mse", "name": f"feat_{i}", "inputs": {"student": f"student.blocks.{i}.attn", "teacher": f"teacher.blocks.{i}.attn"}}
-             for i in range(VIT["depth"])]
-    swapped = _swapped_accuracy(weights)
-    acc: dict[str, list[float]] = {"distilled": [], "scratch": []}
-    for seed in ctx.seeds:
-        acc["distilled"].append(ctx.train(f"distilled/seed{seed}", {
-            "seed": seed, "data": data, "student": student, "teacher": teacher,
-            "objectives": [{"kind": "ce"}, {"kind": "kd", "params": {"temperature": 1.0}}, *feats],
-            "train": _train(s["epochs"], 1e-3, 20)})["final"]["accuracy"])
-        acc["scratch"].append(ctx.train(f"scratch/seed{seed}", {
-            "seed": seed, "data": data, "student": {"name": "linear_vit", "params": VIT},
-            "objectives": [{"kind": "ce"}], "train": _train(s["epochs"], 1e-3, 20)})["final"]["accuracy"])
+    teacher = train_teacher(ctx, {"name": "vit", "params": VIT}, data, _train(s["teacher_epochs"], 2e-3, 50))
+    teacher_acc = teacher.accuracy
+    swapped = _swapped_accuracy(teacher.weights)
+    base = {"data": data, "train": _train(s["epochs"], 1e-3, 20)}
+    acc = run_grid(ctx, {
+        "distilled": compose(base, {"teacher": teacher.section}, linfusion_config(VIT["depth"], VIT, temperature=1.0)),
+        "scratch": compose(base, {"student": {"name": "linear_vit", "params": VIT}, "objectives": [{"kind": "ce"}]}),
+    })
     cost = token_scaling(TOKENS, dim=64, heads=4, batch=1, repeats=s["repeats"])
     claims = [
         not_worse("The distilled linear-attention model is on par with the softmax original", acc["distilled"], [teacher_acc],

@@ -36,40 +36,35 @@ from __future__ import annotations
 
 import math
 
+from ..recipes._fragments import frozen_teacher
+from ..recipes.lingudistill import lingudistill_config, lm_objective
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from ._common import Settings, compose, load_student, run_grid, train_section
 
 SEQ_LEN = 24
 MODEL = {"name": "tiny_lm", "params": {"dim": 64, "layers": 2, "heads": 4, "prefix_tokens": 2}}
-LM_TERM = {"kind": "ce", "name": "lm", "inputs": {"student": "student.tokens", "target": "student.targets"}}
-KD_TERM = {"kind": "routed_kd", "params": {"temperature": 1.0}, "weight": 1.0}
 EVAL_SEED = 999
-
-
-def _settings(quick: bool) -> dict:
-    # stage 2 (adaptation) was first 6 epochs at lr 1e-3, which left the caption task at chance
-    # (13% accuracy) in the first quick run: the premise (a model that has learned the new
-    # input type) did not hold, so stage 2 was lengthened to 15 epochs at lr 3e-3 (95%); the
-    # recovery stage (what the claims judge) is unchanged. The quick stage 1 was also cut from
-    # 4000 to 3000 windows, for time.
-    if quick:
-        return {"n_lm": 3000, "lm_epochs": 8, "n_vlm": 1500, "vlm_epochs": 15, "vlm_lr": 0.003, "n_mix": 2000, "mix_epochs": 4}
-    return {"n_lm": 8000, "lm_epochs": 15, "n_vlm": 4000, "vlm_epochs": 15, "vlm_lr": 0.003, "n_mix": 4000, "mix_epochs": 6}
+# stage 2 (adaptation) was first 6 epochs at lr 1e-3, which left the caption task at chance
+# (13% accuracy) in the first quick run: the premise (a model that has learned the new
+# input type) did not hold, so stage 2 was lengthened to 15 epochs at lr 3e-3 (95%); the
+# recovery stage (what the claims judge) is unchanged. The quick stage 1 was also cut from
+# 4000 to 3000 windows, for time.
+SETTINGS = Settings(
+    quick={"n_lm": 3000, "lm_epochs": 8, "n_vlm": 1500, "vlm_epochs": 15, "vlm_lr": 0.003, "n_mix": 2000, "mix_epochs": 4},
+    full={"n_lm": 8000, "lm_epochs": 15, "n_vlm": 4000, "vlm_epochs": 15, "vlm_lr": 0.003, "n_mix": 4000, "mix_epochs": 6},
+)
 
 
 def run(ctx: Context) -> list[Claim]:
     from ..data import load_dataset
-    from ..engine.checkpoint import load_weights
-    from ..models import build_model
     from ..recipes.lingudistill import caption_accuracy, language_perplexity
 
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     lang_test = load_dataset("grammar_vlm", mode="language", n_train=1, n_test=1000, seq_len=SEQ_LEN, seed=EVAL_SEED)
     vlm_test = load_dataset("grammar_vlm", mode="vlm", n_train=1, n_test=1000, seq_len=SEQ_LEN, seed=EVAL_SEED)
-    common = {"progress": False, "tensorboard": False, "checkpoint_every": 10**6, "log_every": 50}
 
     def train_cfg(epochs: int, lr: float) -> dict:
-        return {"epochs": epochs, "optimizer": {"name": "adamw", "lr": lr}, "scheduler": {"name": "cosine", "warmup_steps": 20},
-                "eval_every": epochs, **common}
+        return train_section(epochs, lr, warmup=20, checkpoint_every=10**6, log_every=50)
 
     def data(mode: str, n: int, seed: int) -> dict:
         return {"dataset": "grammar_vlm", "batch_size": 64,
@@ -78,38 +73,35 @@ def run(ctx: Context) -> list[Claim]:
     def weights(name: str, seed: int) -> str:
         return str((ctx.out / name / f"seed{seed}" / "student.safetensors").resolve())
 
-    def evaluate(name: str, seed: int) -> tuple[float, float]:
-        model = build_model(MODEL["name"], lang_test.input_shape, lang_test.num_classes, **MODEL["params"])
-        load_weights(model, ctx.out / name / f"seed{seed}" / "student.safetensors", what=f"{name} model")
+    def stage(mode: str, n: str, offset: int, epochs: int, lr: float, start: str | None, fragment: dict):
+        def variant(seed: int) -> dict:
+            student = MODEL if start is None else dict(MODEL, checkpoint=weights(start, seed))
+            return compose({"data": data(mode, s[n], offset + seed), "student": student, "train": train_cfg(epochs, lr)}, fragment)
+        return variant
+
+    lm = {"objectives": [lm_objective()]}
+    variants = {  # every stage from the previous stage's weights, per seed
+        "lm": stage("language", "n_lm", 100, s["lm_epochs"], 0.003, None, lm),
+        "adapted": stage("vlm", "n_vlm", 200, s["vlm_epochs"], s["vlm_lr"], "lm", lm),
+        "replay": stage("mixture", "n_mix", 300, s["mix_epochs"], 0.001, "adapted", lm),
+        "lingudistill": lambda seed: compose(
+            stage("mixture", "n_mix", 300, s["mix_epochs"], 0.001, "adapted", lingudistill_config(temperature=1.0, kd_weight=1.0))(seed),
+            {"teacher": frozen_teacher(dict(MODEL, checkpoint=weights("lm", seed)))}),
+    }
+
+    def measure(run) -> tuple[float, float]:
+        model = load_student(run.dir, MODEL, lang_test.input_shape, lang_test.num_classes)
         return language_perplexity(model, lang_test.test.x), caption_accuracy(model, vlm_test.test.x)
 
-    names = ("lm", "adapted", "replay", "lingudistill")
-    ppl = {n: [] for n in names}
-    acc = {n: [] for n in names}
-    frac = {"replay": [], "lingudistill": []}
-    for seed in ctx.seeds:
-        ctx.train(f"lm/seed{seed}", {"seed": seed, "data": data("language", s["n_lm"], 100 + seed), "student": MODEL,
-                                     "objectives": [LM_TERM], "train": train_cfg(s["lm_epochs"], 0.003)})
-        ctx.train(f"adapted/seed{seed}", {"seed": seed, "data": data("vlm", s["n_vlm"], 200 + seed),
-                                          "student": dict(MODEL, checkpoint=weights("lm", seed)),
-                                          "objectives": [LM_TERM], "train": train_cfg(s["vlm_epochs"], s["vlm_lr"])})
-        adapted = dict(MODEL, checkpoint=weights("adapted", seed))
-        mix = data("mixture", s["n_mix"], 300 + seed)
-        ctx.train(f"replay/seed{seed}", {"seed": seed, "data": mix, "student": adapted, "objectives": [LM_TERM],
-                                         "train": train_cfg(s["mix_epochs"], 0.001)})
-        ctx.train(f"lingudistill/seed{seed}", {
-            "seed": seed, "data": mix, "student": adapted, "objectives": [LM_TERM, KD_TERM],
-            "teacher": {"kind": "frozen", "model": dict(MODEL, checkpoint=weights("lm", seed))},
-            "train": train_cfg(s["mix_epochs"], 0.001)})
-        for n in names:
-            p, a = evaluate(n, seed)
-            ppl[n].append(p)
-            acc[n].append(a)
-        lost = ppl["adapted"][-1] - ppl["lm"][-1]
-        for n, values in frac.items():
-            values.append((ppl["adapted"][-1] - ppl[n][-1]) / lost if lost > 0 else math.nan)
-        ctx.log("    " + ", ".join(f"{n}: ppl {ppl[n][-1]:.3f} acc {acc[n][-1]:.3f}" for n in names)
-                + f"; recovered: replay {frac['replay'][-1]:.3f}, lingudistill {frac['lingudistill'][-1]:.3f}")
+    names = tuple(variants)
+    results = run_grid(ctx, variants, measure)
+    ppl = {n: [p for p, _ in results[n]] for n in names}
+    acc = {n: [a for _, a in results[n]] for n in names}
+    frac = {n: [(a - x) / (a - o) if a - o > 0 else math.nan for o, a, x in zip(ppl["lm"], ppl["adapted"], ppl[n])]
+            for n in ("replay", "lingudistill")}
+    for i in range(len(ctx.seeds)):
+        ctx.log("    " + ", ".join(f"{n}: ppl {ppl[n][i]:.3f} acc {acc[n][i]:.3f}" for n in names)
+                + f"; recovered: replay {frac['replay'][i]:.3f}, lingudistill {frac['lingudistill'][i]:.3f}")
     table = {n: {"language_perplexity": mean_std(ppl[n]), "caption_accuracy": mean_std(acc[n])} for n in names}
     fractions = {n: mean_std(v) for n, v in frac.items()}
     # the same share measured on the log scale (mean NLL per token), less dominated by the

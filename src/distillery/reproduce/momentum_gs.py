@@ -42,13 +42,13 @@ from ..models.miniature.block_field import BlockLatentField
 from ..recipes.momentum_gs import psnr, render, seam_error, train_blockwise
 from ..weighting import BlockAccuracyWeight
 from . import Claim, Context, Reproduction, better, register
+from ._common import Settings
 
 BLOCKS = (4, 4)
 STEPS_PER_VISIT = 20
 
 
-def _settings(quick: bool) -> dict:
-    return {"rounds": 4 if quick else 20}
+SETTINGS = Settings(quick={"rounds": 4}, full={"rounds": 20})
 
 
 def _variant(name: str, splits, seed: int, rounds: int) -> dict:
@@ -83,7 +83,7 @@ def _variant(name: str, splits, seed: int, rounds: int) -> dict:
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     splits = load_dataset("procedural_image", size=32, seed=0)
     names = ("independent", "momentum", "momentum_gs", "joint")
     res: dict[str, dict[str, list[float]]] = {n: {} for n in names}

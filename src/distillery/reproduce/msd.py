@@ -32,64 +32,45 @@ the difference):
 from __future__ import annotations
 
 import statistics
-from typing import Any
 
 from ..data import load_dataset
 from ..evaluation.retrieval import few_shot_probe
+from ..recipes._fragments import ema_teacher
+from ..recipes._itc import clip_objectives, momentum_itc_objectives
+from ..recipes.msd import msd_config
 from . import Claim, Context, Reproduction, better, mean_std, register
+from ._common import Settings, by_metric, compose, run_grid
 from ._dual import embed, fast_train, load_dual_encoder
 
 MODEL = {"hidden": [256], "embed_dim": 64}
 SHOTS, PROBE_DRAWS = 5, 5
-
-
-def _settings(quick: bool) -> dict[str, int]:
-    return {"epochs": 8} if quick else {"epochs": 30}
-
-
-def _objectives(arm: str) -> list[dict[str, Any]]:
-    if arm == "clip":
-        nce = {"kind": "infonce", "params": {"temperature": 0.07}, "weight": 0.5}
-        return [dict(nce, name="itc_i2t", inputs={"student": "student.image", "teacher": "student.text"}),
-                dict(nce, name="itc_t2i", inputs={"student": "student.text", "teacher": "student.image"})]
-    params = {"temperature": 0.07, "alpha": 0.0 if arm == "queue" else 0.4, "queue_size": 256,
-              "step_negatives": arm == "msd"}
-    itc = {"kind": "soft_contrastive", "params": params, "weight": 0.5}
-    return [dict(itc, name="itc_i2t", inputs={"student": "student.image", "teacher": "teacher.image", "keys": "teacher.text"}),
-            dict(itc, name="itc_t2i", inputs={"student": "student.text", "teacher": "teacher.text", "keys": "teacher.image"})]
-
-
-def _config(arm: str, seed: int, epochs: int) -> dict[str, Any]:
-    raw: dict[str, Any] = {
-        "seed": seed,
-        "data": {"dataset": "paired_digits", "params": {"views": "halves"}, "batch_size": 16},
-        "student": {"name": "dual_encoder", "params": MODEL},
-        "objectives": _objectives(arm),
-        "train": fast_train(epochs, grad_accum=4 if arm == "msd" else 1),
-    }
-    if arm != "clip":
-        raw["teacher"] = {"kind": "ema", "momentum": 0.995, "final_momentum": None}
-    return raw
+SETTINGS = Settings(quick={"epochs": 8}, full={"epochs": 30})
+ARMS = {  # batch-16 CLIP; + a momentum queue (MoCo-style ITC, no distillation); the method
+    "clip": {"objectives": clip_objectives(0.07)},
+    "queue": {"teacher": ema_teacher(0.995, None),
+              "objectives": momentum_itc_objectives(alpha=0.0, temperature=0.07, queue_size=256, step_negatives=False)},
+    "msd": msd_config(alpha=0.4, momentum=0.995, temperature=0.07, queue_size=256, accumulation=4),
+}
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     data = load_dataset("paired_digits", views="halves")
-    arms = ("clip", "queue", "msd")
-    r1: dict[str, list[float]] = {a: [] for a in arms}
-    probe: dict[str, list[float]] = {a: [] for a in arms}
-    for seed in ctx.seeds:
-        for arm in arms:
-            name = f"{arm}/seed{seed}"
-            final = ctx.train(name, _config(arm, seed, s["epochs"]))["final"]
-            model = load_dual_encoder(ctx.out / name, data.input_shape, MODEL)
-            tr, te = embed(model, data.train.x)["image"], embed(model, data.test.x)["image"]
-            acc = statistics.fmean(
-                few_shot_probe(tr, data.train.y, te, data.test.y, shots=SHOTS, seed=1000 * seed + d) for d in range(PROBE_DRAWS)
-            )
-            r1[arm].append(final["r1"])
-            probe[arm].append(acc)
-            ctx.log(f"    {arm} seed {seed}: R@1 {final['r1']:.4f}, {SHOTS}-shot probe {acc:.4f}")
+    base = {"data": {"dataset": "paired_digits", "params": {"views": "halves"}, "batch_size": 16},
+            "student": {"name": "dual_encoder", "params": MODEL}, "train": fast_train(s["epochs"], grad_accum=1)}
+
+    def measure(run) -> dict[str, float]:
+        model = load_dual_encoder(run.dir, data.input_shape, MODEL)
+        tr, te = embed(model, data.train.x)["image"], embed(model, data.test.x)["image"]
+        acc = statistics.fmean(
+            few_shot_probe(tr, data.train.y, te, data.test.y, shots=SHOTS, seed=1000 * run.seed + d) for d in range(PROBE_DRAWS)
+        )
+        ctx.log(f"    {run.variant} seed {run.seed}: R@1 {run.summary['final']['r1']:.4f}, {SHOTS}-shot probe {acc:.4f}")
+        return {"r1": run.summary["final"]["r1"], "probe": acc}
+
+    res = by_metric(run_grid(ctx, {arm: compose(base, v) for arm, v in ARMS.items()}, measure))
+    r1 = {a: res[a]["r1"] for a in ARMS}
+    probe = {a: res[a]["probe"] for a in ARMS}
     metric = "test R@1 (mean of image->text and text->image)"
     claims = [
         better("Momentum self-distillation with gradient accumulation improves retrieval over batch-16 CLIP",
@@ -100,8 +81,8 @@ def run(ctx: Context) -> list[Claim]:
                probe["msd"], probe["clip"], a_name="msd", b_name="clip", metric=f"{SHOTS}-shot linear-probe test accuracy"),
     ]
     for claim in claims:  # every arm, for context
-        claim.figures.update({f"{a} R@1": mean_std(r1[a]) for a in arms})
-        claim.figures.update({f"{a} probe": mean_std(probe[a]) for a in arms})
+        claim.figures.update({f"{a} R@1": mean_std(r1[a]) for a in ARMS})
+        claim.figures.update({f"{a} probe": mean_std(probe[a]) for a in ARMS})
         claim.figures["epochs"] = s["epochs"]
     return claims
 

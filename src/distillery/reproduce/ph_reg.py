@@ -44,28 +44,20 @@ from __future__ import annotations
 import torch
 
 from . import Claim, Context, Reproduction, better, register
+from ._common import Settings, patch_features, train_section
 
 VIT = {"patch_size": 4, "dim": 32, "depth": 3, "heads": 4}
 PATCH = 4
 REGISTERS = 4
-
-
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"pretrain_epochs": 20, "epochs": 6, "probe_train": 600}
-    return {"pretrain_epochs": 40, "epochs": 10, "probe_train": 1000}
+SETTINGS = Settings(quick={"pretrain_epochs": 20, "epochs": 6, "probe_train": 600},
+                    full={"pretrain_epochs": 40, "epochs": 10, "probe_train": 1000})
 
 
 def _probe(model, splits, n_train: int, num_patches: int) -> dict[str, float]:
     from ..evaluation.probes import linear_probe_accuracy
-    from ..recipes.ph_reg import tokens_at
 
-    def feats(ds, n):
-        t = tokens_at(model, ds.x[:n], "norm")[:, 1:1 + num_patches]
-        return t.reshape(-1, t.shape[-1]), ds.fields["patch_labels"][:n].reshape(-1)
-
-    xtr, ytr = feats(splits.train, n_train)
-    xte, yte = feats(splits.test, len(splits.test))
+    xtr, ytr = patch_features(model, splits.train, n_train, num_patches)
+    xte, yte = patch_features(model, splits.test, len(splits.test), num_patches)
     bg = splits.info["background"]
     return {
         "patch_probe": linear_probe_accuracy(xtr, ytr, xte, yte, max_iter=500),
@@ -94,7 +86,7 @@ def run(ctx: Context) -> list[Claim]:
     from ..recipes.ph_reg import ph_reg_distiller, ph_reg_student, tta_teacher
     from ..teachers import PrecomputedTeacher
 
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     params = {"size": 16, "n_train": 3000, "n_test": 500}
     splits = load_dataset("digit_canvas", **params)
     data = {"dataset": "digit_canvas", "params": params, "batch_size": 64}
@@ -102,8 +94,7 @@ def run(ctx: Context) -> list[Claim]:
     for seed in ctx.seeds:
         ctx.train(f"pretrained/seed{seed}", {
             "seed": seed, "data": data, "student": {"name": "vit", "params": VIT}, "objectives": [{"kind": "ce"}],
-            "train": {"epochs": s["pretrain_epochs"], "eval_every": s["pretrain_epochs"], "progress": False, "tensorboard": False,
-                      "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.05}, "scheduler": {"name": "cosine", "warmup_steps": 50}}})
+            "train": train_section(s["pretrain_epochs"], 0.002, weight_decay=0.05, warmup=50)})
         vit = build_model("vit", splits.input_shape, splits.num_classes, **VIT)
         load_weights(vit, ctx.out / "pretrained" / f"seed{seed}" / "student.safetensors")
         vit.eval()

@@ -28,17 +28,15 @@ Rules, fixed here before any run (test accuracy, means over seeds):
 
 from __future__ import annotations
 
+from ..recipes.basic import hinton_kd_objectives
+from ..recipes.pointdistiller import pointdistiller_config
 from . import Claim, Context, Reproduction, better, not_worse, register
+from ._common import Settings, compose, run_grid, train_section, train_teacher
 
 TEACHER = {"name": "pointnet", "params": {"edge_width": 32, "widths": [64, 128], "head_hidden": 128}}
 STUDENT = {"name": "pointnet", "params": {"edge_width": 16, "widths": [32, 64], "head_hidden": 64}}
-LOCAL_GRAPH = {"student_dim": 64, "teacher_dim": 128, "k": 8, "num_points": 64, "embed_dim": 32, "temperature": 0.5}
-
-
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"per_class": 50, "teacher_epochs": 20, "epochs": 15}
-    return {"per_class": 100, "teacher_epochs": 40, "epochs": 30}
+SETTINGS = Settings(quick={"per_class": 50, "teacher_epochs": 20, "epochs": 15},
+                    full={"per_class": 100, "teacher_epochs": 40, "epochs": 30})
 
 
 def _count(model_spec: dict) -> int:
@@ -48,30 +46,17 @@ def _count(model_spec: dict) -> int:
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     data = {"dataset": "point_shapes", "params": {"points": 128, "train_per_class": s["per_class"], "test_per_class": s["per_class"]},
             "batch_size": 32}
-    optim = {"optimizer": {"name": "adamw", "lr": 0.002}, "scheduler": {"name": "cosine", "warmup_steps": 20},
-             "progress": False, "tensorboard": False}
-    teacher_summary = ctx.train("teacher", {"seed": 0, "data": data, "student": TEACHER, "objectives": [{"kind": "ce"}],
-                                            "train": {"epochs": s["teacher_epochs"], "eval_every": s["teacher_epochs"], **optim}})
-    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-    teacher = {"kind": "frozen", "model": dict(TEACHER, checkpoint=weights), "precompute": True}
-    taps = {"student": "student.point_mlp", "teacher": "teacher.point_mlp"}
-    variants = {
-        "none": {"objectives": [{"kind": "ce"}]},
-        "logit_kd": {"teacher": teacher, "objectives": [{"kind": "ce"}, {"kind": "kd", "params": {"temperature": 4.0}, "weight": 1.0}]},
-        "local_graph": {"teacher": teacher, "objectives": [
-            {"kind": "ce"},
-            {"name": "local_graph", "kind": "local_graph_kd", "inputs": taps, "params": LOCAL_GRAPH, "weight": 2.0}]},
-    }
-    acc: dict[str, list[float]] = {name: [] for name in variants}
-    for seed in ctx.seeds:
-        for name, v in variants.items():
-            raw = {"seed": seed, "data": data, "student": STUDENT, **v,
-                   "train": {"epochs": s["epochs"], "eval_every": s["epochs"], **optim}}
-            acc[name].append(ctx.train(f"{name}/seed{seed}", raw)["final"]["accuracy"])
-    teacher_acc = [teacher_summary["final"]["accuracy"]]
+    teacher = train_teacher(ctx, TEACHER, data, train_section(s["teacher_epochs"], 0.002, warmup=20), precompute=True)
+    base = {"data": data, "student": STUDENT, "train": train_section(s["epochs"], 0.002, warmup=20)}
+    acc = run_grid(ctx, {
+        "none": compose(base, {"objectives": [{"kind": "ce"}]}),
+        "logit_kd": compose(base, {"teacher": teacher.section, "objectives": hinton_kd_objectives(4.0)}),
+        "local_graph": compose(base, {"teacher": teacher.section}, pointdistiller_config(64, 128, weight=2.0)),
+    })
+    teacher_acc = [teacher.accuracy]
     sizes = {"teacher_parameters": _count(TEACHER), "student_parameters": _count(STUDENT)}
     claims = [
         better("Local-graph distillation improves the 4x smaller student over training without distillation",

@@ -38,18 +38,18 @@ from ..engine.checkpoint import load_weights
 from ..engine.distiller import Distiller, Term
 from ..engine.trainer import Trainer
 from ..models import build_model
+from ..models.surgery import count_parameters
 from ..objectives import CrossEntropy
 from ..recipes import ppcl as P
-from ..models.surgery import count_parameters
 from . import Claim, Context, Reproduction, better, mean_std, register
+from ._common import ONE_CHECKPOINT, Settings, train_section, train_teacher
 
 MODEL = {"name": "residual_mlp", "params": {"width": 64, "depth": 12, "mlp_ratio": 2.0}}
 RATIO = 0.5
 BATCH = 128
 
 
-def _settings(quick: bool) -> dict:
-    return {"teacher_epochs": 12, "epochs": 8} if quick else {"teacher_epochs": 30, "epochs": 20}
+SETTINGS = Settings(quick={"teacher_epochs": 12, "epochs": 8}, full={"teacher_epochs": 30, "epochs": 20})
 
 
 def _train_kw(epochs: int) -> dict:
@@ -61,13 +61,9 @@ def _train_kw(epochs: int) -> dict:
 def run(ctx: Context) -> list[Claim]:
     from ..data import load_dataset
 
-    s = _settings(ctx.quick)
-    teacher_summary = ctx.train("teacher", {
-        "seed": 0, "data": {"dataset": "mnist1d", "batch_size": BATCH}, "student": MODEL, "objectives": [{"kind": "ce"}],
-        "train": {"epochs": s["teacher_epochs"], "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
-                  "scheduler": {"name": "cosine"}, "eval_every": s["teacher_epochs"], "checkpoint_every": 10**9,
-                  "keep_checkpoints": 1, "progress": False, "tensorboard": False}})
-    teacher_acc = teacher_summary["final"]["accuracy"]
+    s = SETTINGS(ctx.quick)
+    teacher_acc = train_teacher(ctx, MODEL, {"dataset": "mnist1d", "batch_size": BATCH},
+                                train_section(s["teacher_epochs"], 1e-3, weight_decay=0.01, **ONE_CHECKPOINT)).accuracy
     data = load_dataset("mnist1d")
     teacher = build_model(MODEL["name"], data.input_shape, data.num_classes, **MODEL["params"])
     load_weights(teacher, ctx.out / "teacher" / "student.safetensors", what="teacher")

@@ -61,6 +61,7 @@ from ..recipes.recursive_meta_distillation import anchored_loop, projected_fixed
 from ..teachers import PrecomputedTeacher
 from ..theory import anchoring as A
 from . import Claim, Context, Reproduction, better, register
+from ._common import Settings
 
 STRENGTHS = (0.1, 0.3, 0.7)
 STEPS = 30
@@ -70,8 +71,7 @@ NOISE = 0.1
 CHAINS = 200
 
 
-def _settings(quick: bool) -> dict:
-    return {"generations": 8 if quick else 15}
+SETTINGS = Settings(quick={"generations": 8}, full={"generations": 15})
 
 
 def standardised_digits(seed: int) -> tuple[ArrayDataset, ArrayDataset, tuple[int, ...]]:
@@ -151,7 +151,7 @@ def _contraction(kls: list[float], lam: float) -> tuple[bool, float, float]:
 
 
 def _learned_part(ctx: Context) -> list[Claim]:
-    T = _settings(ctx.quick)["generations"]
+    T = SETTINGS(ctx.quick)["generations"]
     arith_ok, arith_excess, arith_ratio, arith_final = True, [], [], []
     free_0, free_T, arith_T, acc = [], [], [], {"base": [], "arithmetic": [], "unanchored": [], "labels": []}
     for seed in ctx.seeds:

@@ -50,13 +50,13 @@ from ..recipes.sd_darts import (
     sharpness,
 )
 from . import Claim, Context, Reproduction, better, mean_std, register
+from ._common import Settings
 
 SUPERNET = {"channels": 8, "cells": 2, "nodes": 3, "ops": ("skip_connect", "conv_3x3", "max_pool_3x3"), "top_k": 2}
 BATCH = 64
 
 
-def _settings(quick: bool) -> dict:
-    return {"epochs": 12 if quick else 50}
+SETTINGS = Settings(quick={"epochs": 12}, full={"epochs": 50})
 
 
 def splits() -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
@@ -80,7 +80,7 @@ def search_once(variant: str, seed: int, epochs: int, train, val, test) -> dict:
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     train, val, test = splits()
     results: dict[str, list[dict]] = {"darts": [], "sd_darts": []}
     for seed in ctx.seeds:

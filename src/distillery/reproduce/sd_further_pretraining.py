@@ -43,39 +43,39 @@ import math
 from pathlib import Path
 
 from ..engine.checkpoint import save_state
-from ..recipes.sd_further_pretraining import export_encoder, student_from_checkpoint
+from ..recipes.sd_further_pretraining import (
+    export_encoder,
+    further_pretraining_config,
+    self_distillation_config,
+    student_from_checkpoint,
+)
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from ._common import ONE_CHECKPOINT, Settings, compose, train_section
 
 VIT = {"patch_size": 2, "dim": 32, "depth": 3, "heads": 4, "mlp_ratio": 2.0}
 MAE = dict(VIT, mask_ratio=0.75, decoder_dim=32, decoder_depth=1, decoder_heads=2)
 PLAIN_MAE = dict(MAE, hidden_in_training=False)  # the same weights; skips the unmasked pass when only MAE trains
 LABELS_PER_CLASS = 20
-
-
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"source_unlabeled": 10000, "source_epochs": 4, "target_unlabeled": 2000, "pt_epochs": 16, "ft_epochs": 30}
-    return {"source_unlabeled": 10000, "source_epochs": 10, "target_unlabeled": 4000, "pt_epochs": 40, "ft_epochs": 60}
+SETTINGS = Settings(
+    quick={"source_unlabeled": 10000, "source_epochs": 4, "target_unlabeled": 2000, "pt_epochs": 16, "ft_epochs": 30},
+    full={"source_unlabeled": 10000, "source_epochs": 10, "target_unlabeled": 4000, "pt_epochs": 40, "ft_epochs": 60},
+)
 
 
 def _train(epochs: int, lr: float, warmup: int, **extra) -> dict:
     # evaluated once, at the end; one checkpoint (at the end) unless asked otherwise
-    return {"epochs": epochs, "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.05},
-            "scheduler": {"name": "cosine", "warmup_steps": warmup}, "eval_every": epochs, "checkpoint_every": 10**9,
-            "keep_checkpoints": 1, "progress": False, "tensorboard": False, **extra}
+    return train_section(epochs, lr, weight_decay=0.05, warmup=warmup, **{**ONE_CHECKPOINT, **extra})
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
-    mae_term = {"kind": "masked_reconstruction", "name": "mae"}
+    s = SETTINGS(ctx.quick)
     # -- theta0: MAE on the source domain -------------------------------------------------------
-    ctx.train("theta0", {
+    ctx.train("theta0", compose({
         "seed": 0,
         "data": {"dataset": "mnist1d", "params": {"unlabeled": s["source_unlabeled"]}, "unlabeled": True, "batch_size": 256},
         "student": {"name": "mae_vit", "params": PLAIN_MAE},
-        "objectives": [mae_term],
         "train": _train(s["source_epochs"], 1e-3, 50),
-    })
+    }, further_pretraining_config()))
     theta0 = str((ctx.out / "theta0" / "student.safetensors").resolve())
     target = {"dataset": "mnist1d_shifted", "params": {"labels_per_class": LABELS_PER_CLASS, "unlabeled": s["target_unlabeled"]},
               "unlabeled": True, "batch_size": 128}
@@ -102,27 +102,23 @@ def run(ctx: Context) -> list[Claim]:
         acc["direct"].append(fine_tune("direct", seed, Path(theta0)))
         # -- further pre-training on the target domain (kept at half and at the end) -------------
         fpt_dir = ctx.out / "further_pt" / f"seed{seed}"
-        ctx.train(f"further_pt/seed{seed}", {
+        ctx.train(f"further_pt/seed{seed}", compose({
             "seed": seed, "data": target,
             "student": {"name": "mae_vit", "params": PLAIN_MAE, "checkpoint": theta0},
-            "objectives": [mae_term],
             "train": _train(s["pt_epochs"], 1e-3, 50, checkpoint_every=half_step, keep_checkpoints=4),
-        })
+        }, further_pretraining_config()))
         half = ctx.path(f"further_pt_half/seed{seed}") / "mae.safetensors"
         save_state(student_from_checkpoint(fpt_dir / "checkpoints" / f"step-{half_step:08d}"), half)
         acc["further_pt_half"].append(fine_tune("further_pt_half", seed, half))
         fpt = fpt_dir / "student.safetensors"
         acc["further_pt"].append(fine_tune("further_pt", seed, fpt))
         # -- self-distillation: restart from theta0, MAE + hidden-state MSE to the frozen teacher --
-        ctx.train(f"sd/seed{seed}", {
+        ctx.train(f"sd/seed{seed}", compose({
             "seed": seed, "data": target,
             "student": {"name": "mae_vit", "params": MAE, "checkpoint": theta0},
-            "teacher": {"kind": "frozen", "model": {"name": "mae_vit", "params": MAE, "checkpoint": str(fpt.resolve())},
-                        "precompute": True},
-            "objectives": [mae_term, {"kind": "mse", "name": "self_distillation", "weight": 1.0,
-                                      "inputs": {"student": "student.hidden", "teacher": "teacher.hidden"}}],
             "train": _train(s["pt_epochs"], 1e-3, 50),
-        })
+        }, self_distillation_config(1.0, teacher_model={"name": "mae_vit", "params": MAE, "checkpoint": str(fpt.resolve())},
+                                    precompute=True)))
         acc["sd"].append(fine_tune("sd", seed, ctx.out / "sd" / f"seed{seed}" / "student.safetensors"))
     metric = "target test accuracy after fine-tuning"
     claims = [

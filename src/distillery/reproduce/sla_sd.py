@@ -29,8 +29,7 @@ Rules, fixed here before any run (test accuracy, means over seeds):
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..recipes.sla import multitask_config, sla_config
 from . import (
     Claim,
     Context,
@@ -41,88 +40,56 @@ from . import (
     register,
     within,
 )
+from ._common import Settings, compose, load_student, run_grid, train_section
 
 M = 4
 TEST_FRACTION = 0.75
 BACKBONE = {"name": "cnn2d", "params": {"channels": [32, 64, 64]}}
-ROTATIONS = [{"name": "rotate90", "k": k} for k in range(M)]
-
-
-def _settings(quick: bool) -> dict:
-    return {"epochs": 30} if quick else {"epochs": 80}
+SETTINGS = Settings(quick={"epochs": 30}, full={"epochs": 80})
 
 
 def _variants() -> dict[str, dict]:
-    enum_view = [{"name": "enumerate", "transforms": ROTATIONS}]
     return {
         "ce": {"student": dict(BACKBONE), "objectives": [{"kind": "ce"}]},
-        "multitask": {
-            "student": {"name": "transform_multitask", "params": {"num_transforms": M, "backbone": BACKBONE}},
-            "student_view": enum_view,
-            "objectives": [
-                {"kind": "sla_ce", "name": "class_ce", "params": {"num_transforms": M, "labels": "class"},
-                 "inputs": {"student": "student.logits"}},
-                {"kind": "sla_ce", "name": "transform_ce", "params": {"num_transforms": M, "labels": "transform"},
-                 "inputs": {"student": "student.transform"}},
-            ],
-        },
-        "sla": {
-            "student": {"name": "joint_label", "params": {"num_transforms": M, "backbone": BACKBONE}},
-            "student_view": enum_view,
-            "objectives": [{"kind": "sla_ce", "params": {"num_transforms": M}}],
-        },
-        "sla_sd": {
-            "student": {"name": "joint_label", "params": {"num_transforms": M, "backbone": BACKBONE, "single_head": True}},
-            "student_view": enum_view,
-            "objectives": [{"kind": "sla_ce", "params": {"num_transforms": M}},
-                           {"kind": "sla_sd", "params": {"num_transforms": M, "temperature": 1.0, "beta": 1.0}}],
-        },
+        "multitask": multitask_config(M, BACKBONE),
+        "sla": sla_config(M, BACKBONE, self_distill=False),
+        "sla_sd": sla_config(M, BACKBONE, self_distill=True, temperature=1.0, beta=1.0),
     }
-
-
-def _load(run_dir: Path, student_cfg: dict, splits):
-    from ..engine.checkpoint import load_weights
-    from ..models import build_model
-
-    model = build_model(student_cfg["name"], splits.input_shape, splits.num_classes, **student_cfg.get("params", {}))
-    load_weights(model, run_dir / "student.safetensors", what=f"student of {run_dir.name}")
-    return model.eval()
 
 
 def run(ctx: Context) -> list[Claim]:
     from ..data import load_dataset
     from ..recipes.sla import evaluate_sla, rotation_enumerator
 
-    s = _settings(ctx.quick)
-    data = {"dataset": "digits", "params": {"test_fraction": TEST_FRACTION}, "batch_size": 64}
-    train = {"epochs": s["epochs"], "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0005},
-             "scheduler": {"name": "cosine", "warmup_steps": 20}, "eval_every": s["epochs"],
-             "checkpoint_every": 10**6, "progress": False, "tensorboard": False}
+    s = SETTINGS(ctx.quick)
+    base = {"data": {"dataset": "digits", "params": {"test_fraction": TEST_FRACTION}, "batch_size": 64},
+            "train": train_section(s["epochs"], 0.003, weight_decay=0.0005, warmup=20, checkpoint_every=10**6)}
     splits = load_dataset("digits", test_fraction=TEST_FRACTION)
     x_test, y_test = splits.test.x, splits.test.y
     enumerator = rotation_enumerator(M)
-    acc: dict[str, list[float]] = {k: [] for k in ("ce", "multitask", "sla_si", "sla_marginal", "sla_ag", "sd_single", "sd_ag")}
-    cost: dict[str, dict] = {}
-    for seed in ctx.seeds:
-        for name, v in _variants().items():
-            d = dict(data, student_view=v["student_view"]) if "student_view" in v else data
-            raw = {"seed": seed, "data": d, "student": v["student"], "objectives": v["objectives"], "train": train}
-            summary = ctx.train(f"{name}/seed{seed}", raw)
-            if name in ("ce", "multitask"):
-                acc[name].append(summary["final"]["accuracy"])
-                continue
-            model = _load(ctx.out / name / f"seed{seed}", v["student"], splits)
-            modes = evaluate_sla(model, x_test, y_test, enumerator)
-            if name == "sla":
-                acc["sla_si"].append(modes["conditional"]["accuracy"])
-                acc["sla_marginal"].append(modes["marginal"]["accuracy"])
-                acc["sla_ag"].append(modes["aggregated"]["accuracy"])
-                cost["sla_ag"] = {k: modes["aggregated"][k] for k in ("passes_per_sample", "flops_per_sample")}
-            else:
-                acc["sd_single"].append(modes["single"]["accuracy"])
-                acc["sd_ag"].append(modes["aggregated"]["accuracy"])
-                cost["sla_sd"] = {k: modes["single"][k] for k in ("passes_per_sample", "flops_per_sample")}
-            ctx.log("    " + ", ".join(f"{k}={m['accuracy']:.4f}" for k, m in modes.items()))
+    variants = {name: compose(base, v) for name, v in _variants().items()}
+
+    def measure(run) -> dict:
+        if run.variant in ("ce", "multitask"):
+            return {"accuracy": run.summary["final"]["accuracy"]}
+        model = load_student(run.dir, variants[run.variant]["student"], splits.input_shape, splits.num_classes)
+        modes = evaluate_sla(model, x_test, y_test, enumerator)
+        ctx.log("    " + ", ".join(f"{k}={m['accuracy']:.4f}" for k, m in modes.items()))
+        return modes
+
+    res = run_grid(ctx, variants, measure)
+    acc: dict[str, list[float]] = {
+        "ce": [r["accuracy"] for r in res["ce"]],
+        "multitask": [r["accuracy"] for r in res["multitask"]],
+        "sla_si": [m["conditional"]["accuracy"] for m in res["sla"]],
+        "sla_marginal": [m["marginal"]["accuracy"] for m in res["sla"]],
+        "sla_ag": [m["aggregated"]["accuracy"] for m in res["sla"]],
+        "sd_single": [m["single"]["accuracy"] for m in res["sla_sd"]],
+        "sd_ag": [m["aggregated"]["accuracy"] for m in res["sla_sd"]],
+    }
+    # the cost of each inference mode is the same for every seed: the last run's
+    cost = {"sla_ag": {k: res["sla"][-1]["aggregated"][k] for k in ("passes_per_sample", "flops_per_sample")},
+            "sla_sd": {k: res["sla_sd"][-1]["single"][k] for k in ("passes_per_sample", "flops_per_sample")}}
     ratio = cost["sla_sd"]["flops_per_sample"] / cost["sla_ag"]["flops_per_sample"]
     metric = "test accuracy"
     claims = [

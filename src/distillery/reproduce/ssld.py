@@ -19,39 +19,34 @@ Rules, fixed here before any run:
 
 from __future__ import annotations
 
+from ..recipes.basic import hinton_kd_objectives
+from ..recipes.ssld import ssld_config
 from . import Claim, Context, Reproduction, better, not_worse, register
+from ._common import Settings, compose, run_grid, train_section, train_teacher
 
-
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"unlabeled": 10000, "teacher_epochs": 10, "epochs": 20, "unlabeled_epochs": 6}
-    return {"unlabeled": 40000, "teacher_epochs": 30, "epochs": 60, "unlabeled_epochs": 10}
+SETTINGS = Settings(quick={"unlabeled": 10000, "teacher_epochs": 10, "epochs": 20, "unlabeled_epochs": 6},
+                    full={"unlabeled": 40000, "teacher_epochs": 30, "epochs": 60, "unlabeled_epochs": 10})
+TEACHER = {"name": "cnn1d", "params": {"channels": [32, 64, 64]}}
+STUDENT = {"name": "mlp", "params": {"hidden": [512, 512]}}
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     data = {"dataset": "mnist1d", "params": {"unlabeled": s["unlabeled"]}, "batch_size": 128}
-    optim = {"optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "cosine", "warmup_steps": 100}, "progress": False, "tensorboard": False}
-    teacher_model = {"name": "cnn1d", "params": {"channels": [32, 64, 64]}}
-    ctx.train("teacher", {"seed": 0, "data": data, "student": teacher_model, "objectives": [{"kind": "ce"}],
-                          "train": {"epochs": s["teacher_epochs"], **optim}})
-    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-    teacher = {"kind": "frozen", "model": dict(teacher_model, checkpoint=weights), "precompute": True}
-    student = {"name": "mlp", "params": {"hidden": [512, 512]}}
-    kd = {"kind": "kd", "params": {"temperature": 1.0}}
+
+    def train(epochs: int) -> dict:
+        return train_section(epochs, warmup=100, eval_every=1)
+
+    teacher = train_teacher(ctx, TEACHER, data, train(s["teacher_epochs"]), precompute=True).section
+    base = {"data": data, "student": STUDENT, "train": train(s["epochs"])}
     variants = {
-        "ce": {"objectives": [{"kind": "ce"}], "train": {"epochs": s["epochs"], **optim}},
-        "kd_labels": {"teacher": teacher, "objectives": [{"kind": "ce", "weight": 0.5}, dict(kd, weight=0.5)],
-                      "train": {"epochs": s["epochs"], **optim}},
-        "ssld_labeled": {"teacher": teacher, "objectives": [kd], "train": {"epochs": s["epochs"], **optim}},
-        "ssld_unlabeled": {"teacher": teacher, "objectives": [kd], "train": {"epochs": s["unlabeled_epochs"], **optim},
-                           "data": dict(data, unlabeled=True, batch_size=256)},
+        "ce": compose(base, {"objectives": [{"kind": "ce"}]}),
+        "kd_labels": compose(base, {"teacher": teacher, "objectives": hinton_kd_objectives(1.0, kd_weight=0.5, ce_weight=0.5)}),
+        "ssld_labeled": compose(base, {"teacher": teacher}, ssld_config(temperature=1.0)),
+        "ssld_unlabeled": compose(base, {"teacher": teacher}, ssld_config(temperature=1.0),
+                                  {"data": {"unlabeled": True, "batch_size": 256}, "train": train(s["unlabeled_epochs"])}),
     }
-    acc: dict[str, list[float]] = {name: [] for name in variants}
-    for seed in ctx.seeds:
-        for name, v in variants.items():
-            raw = {"seed": seed, "data": v.get("data", data), "student": student, **{k: v[k] for k in v if k != "data"}}
-            acc[name].append(ctx.train(f"{name}/seed{seed}", raw)["final"]["accuracy"])
+    acc = run_grid(ctx, variants)
     return [
         better("Teacher-only distillation with extra unlabeled data beats training on the labels",
                acc["ssld_unlabeled"], acc["ce"], a_name="ssld_unlabeled", b_name="ce", metric="test accuracy"),

@@ -33,62 +33,58 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..recipes.unidistill import detection_objectives, unidistill_config
 from . import Claim, Context, Reproduction, better, register
+from ._common import (
+    Settings,
+    compose,
+    load_student,
+    run_grid,
+    train_section,
+    train_teacher,
+)
 
 MODEL = {"name": "bev_detector", "params": {"width": 16, "depth": 4}}
-TASK = [{"kind": "center_focal"}, {"kind": "ce", "weight": 0.1}]
-UNIDISTILL = [
-    {"name": "feature", "kind": "fg_feature_kd", "weight": 10.0},
-    {"name": "relation", "kind": "fg_relation_kd", "weight": 5.0},
-    {"name": "response", "kind": "fg_response_kd", "weight": 1.0},
-]
+TASK = detection_objectives(count_weight=0.1)
 DENSE = [{"name": "dense_feature", "kind": "smooth_l1", "params": {"beta": 0.0}, "weight": 10.0,
           "inputs": {"student": "student.features", "teacher": "teacher.features"}}]
-
-
-def _settings(quick: bool) -> dict:
-    if quick:
-        return {"n_train": 600, "n_test": 300, "teacher_epochs": 20, "epochs": 15}
-    return {"n_train": 1000, "n_test": 500, "teacher_epochs": 40, "epochs": 30}
+SETTINGS = Settings(quick={"n_train": 600, "n_test": 300, "teacher_epochs": 20, "epochs": 15},
+                    full={"n_train": 1000, "n_test": 500, "teacher_epochs": 40, "epochs": 30})
 
 
 def _ap(run_dir: Path, splits, view: str) -> float:
-    from ..engine.checkpoint import load_weights
-    from ..models import build_model
     from ..recipes.unidistill import heatmap_ap
 
-    model = build_model(MODEL["name"], splits.input_shape, splits.num_classes, **MODEL["params"])
-    load_weights(model, run_dir / "student.safetensors")
-    return heatmap_ap(model, splits.test, view=view)
+    return heatmap_ap(load_student(run_dir, MODEL, splits.input_shape, splits.num_classes), splits.test, view=view)
 
 
 def run(ctx: Context) -> list[Claim]:
     from ..data import load_dataset
 
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     params = {"size": 16, "n_train": s["n_train"], "n_test": s["n_test"]}
     data = {"dataset": "bev_rectangles", "params": params, "batch_size": 64}
     splits = load_dataset("bev_rectangles", **params)
-    optim = {"optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "cosine", "warmup_steps": 20},
-             "progress": False, "tensorboard": False}
-    ctx.train("teacher", {"seed": 0, "data": dict(data, student_view="x_clean", eval_view="x_clean"), "student": MODEL,
-                          "objectives": TASK, "train": {"epochs": s["teacher_epochs"], "eval_every": s["teacher_epochs"], **optim}})
-    teacher_ap = _ap(ctx.out / "teacher", splits, "x_clean")
-    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-    teacher = {"kind": "frozen", "view": "x_clean", "model": dict(MODEL, checkpoint=weights)}
+
+    def train(epochs: int) -> dict:
+        return train_section(epochs, 0.003, warmup=20)
+
+    teacher = train_teacher(ctx, MODEL, dict(data, student_view="x_clean", eval_view="x_clean"), train(s["teacher_epochs"]),
+                            objectives=TASK, view="x_clean")
+    teacher_ap = _ap(teacher.run_dir, splits, "x_clean")
+    base = {"data": data, "student": MODEL, "train": train(s["epochs"])}
     variants = {
-        "none": {"objectives": TASK},
-        "dense": {"teacher": teacher, "objectives": TASK + DENSE},
-        "unidistill": {"teacher": teacher, "objectives": TASK + UNIDISTILL},
+        "none": compose(base, {"objectives": TASK}),
+        "dense": compose(base, {"teacher": teacher.section, "objectives": TASK + DENSE}),
+        "unidistill": compose(base, {"teacher": teacher.section}, unidistill_config()),
     }
-    ap: dict[str, list[float]] = {name: [] for name in variants}
-    for seed in ctx.seeds:
-        for name, v in variants.items():
-            raw = {"seed": seed, "data": data, "student": MODEL, **v,
-                   "train": {"epochs": s["epochs"], "eval_every": s["epochs"], **optim}}
-            ctx.train(f"{name}/seed{seed}", raw)
-            ap[name].append(_ap(ctx.out / name / f"seed{seed}", splits, "x"))
-            ctx.log(f"    {name} seed {seed}: heatmap AP {ap[name][-1]:.4f}")
+
+    def measure(run) -> float:
+        value = _ap(run.dir, splits, "x")
+        ctx.log(f"    {run.variant} seed {run.seed}: heatmap AP {value:.4f}")
+        return value
+
+    ap = run_grid(ctx, variants, measure)
     claims = [
         better("The three foreground distillation losses improve the student detector",
                ap["unidistill"], ap["none"], a_name="unidistill", b_name="none", metric="heatmap AP"),

@@ -42,43 +42,37 @@ from ..data import load_dataset
 from ..engine import checkpoint as ckpt
 from ..evaluation.metrics import accuracy
 from ..models import build_model
+from ..recipes._fragments import frozen_teacher
+from ..recipes.v_reflection import v_reflection_config
 from ..taps.training_only import export_student, inference_cost
 from . import Claim, Context, Reproduction, better, mean_std, register
+from ._common import Settings, compose, load_student, run_grid, train_teacher
 from ._dual import fast_train
 
 STUDENT = {"dim": 32, "depth": 2, "heads": 4, "latent_dim": 32}
 TEACHER = {"dim": 32, "latent_dim": 32, "mode": "box_teacher"}
 DATA = {"dataset": "digit_grid", "params": {"n_train": 1000, "n_test": 1000}, "batch_size": 64}
-
-
-def _settings(quick: bool) -> dict[str, int]:
-    return {"teacher_epochs": 10, "epochs": 20} if quick else {"teacher_epochs": 20, "epochs": 40}
-
-
-def _student_config(seed: int, epochs: int, teacher_weights: str | None) -> dict[str, Any]:
-    raw: dict[str, Any] = {"seed": seed, "data": DATA, "student": {"name": "grid_vqa_transformer", "params": dict(STUDENT, probe=teacher_weights is not None)},
-                           "objectives": [{"kind": "ce"}], "train": fast_train(epochs)}
-    if teacher_weights is not None:
-        raw["teacher"] = {"kind": "frozen", "model": {"name": "grid_vqa_transformer", "params": TEACHER, "checkpoint": teacher_weights}}
-        raw["objectives"].append({"name": "reflect", "kind": "cosine", "inputs": {"student": "student.probe", "teacher": "teacher.bcm"}})
-    return raw
+SETTINGS = Settings(quick={"teacher_epochs": 10, "epochs": 20}, full={"teacher_epochs": 20, "epochs": 40})
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     splits = load_dataset("digit_grid", **DATA["params"])
-    teacher_acc = ctx.train("teacher", {"seed": 0, "data": DATA, "student": {"name": "grid_vqa_transformer", "params": TEACHER},
-                                        "objectives": [{"kind": "ce"}], "train": fast_train(s["teacher_epochs"])})["final"]["accuracy"]
-    teacher_w = str((ctx.out / "teacher" / "student.safetensors").resolve())
-    acc: dict[str, list[float]] = {"baseline": [], "v_reflection": []}
+    box = {"name": "grid_vqa_transformer", "params": TEACHER}
+    teacher = train_teacher(ctx, box, DATA, fast_train(s["teacher_epochs"]))
+    teacher_acc = teacher.accuracy
+    base = {"data": DATA, "train": fast_train(s["epochs"])}
+    acc = run_grid(ctx, {
+        "baseline": compose(base, {"student": {"name": "grid_vqa_transformer", "params": dict(STUDENT, probe=False)},
+                                   "objectives": [{"kind": "ce"}]}),
+        "v_reflection": compose(base, {"student": {"name": "grid_vqa_transformer", "params": dict(STUDENT, probe=True)},
+                                       "teacher": frozen_teacher(dict(box, checkpoint=teacher.weights))}, v_reflection_config(1.0)),
+    })
     checks: list[dict[str, Any]] = []
-    for seed in ctx.seeds:
-        acc["baseline"].append(ctx.train(f"baseline/seed{seed}", _student_config(seed, s["epochs"], None))["final"]["accuracy"])
+    for seed in ctx.seeds:  # export: drop the training-only probe, load into the plain architecture, count the cost
         name = f"v_reflection/seed{seed}"
-        acc["v_reflection"].append(ctx.train(name, _student_config(seed, s["epochs"], teacher_w))["final"]["accuracy"])
-        # export: drop the training-only probe, load into the plain architecture, count the cost
-        trained = build_model("grid_vqa_transformer", splits.input_shape, 10, **STUDENT, probe=True)
-        ckpt.load_weights(trained, ctx.out / name / "student.safetensors", what="V-Reflection student")
+        trained = load_student(ctx.out / name, {"name": "grid_vqa_transformer", "params": dict(STUDENT, probe=True)},
+                               splits.input_shape, 10).train()
         removed = export_student(trained, ctx.out / name / "exported.safetensors")
         deployed = build_model("grid_vqa_transformer", splits.input_shape, 10, **STUDENT)
         try:
@@ -86,8 +80,8 @@ def run(ctx: Context) -> list[Claim]:
             loads = True
         except Exception:  # noqa: BLE001 - reported as a failed check
             loads = False
-        baseline = build_model("grid_vqa_transformer", splits.input_shape, 10, **STUDENT)
-        ckpt.load_weights(baseline, ctx.out / f"baseline/seed{seed}" / "student.safetensors", what="baseline")
+        baseline = load_student(ctx.out / f"baseline/seed{seed}", {"name": "grid_vqa_transformer", "params": STUDENT},
+                                splits.input_shape, 10).train()
         example = splits.test.x[:1]
         cost_v, cost_b = inference_cost(deployed, example), inference_cost(baseline, example)
         with torch.no_grad():

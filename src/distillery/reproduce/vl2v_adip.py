@@ -47,21 +47,20 @@ import torch
 from ..data import load_dataset
 from ..engine import checkpoint as ckpt
 from ..evaluation.metrics import accuracy
-from ..models import build_model
-from ..recipes.vl2v_adip import align_student
+from ..recipes._fragments import frozen_teacher
+from ..recipes._itc import clip_objectives
+from ..recipes.basic import hinton_kd_objectives
+from ..recipes.vl2v_adip import adip_config, align_student
 from . import Claim, Context, Reproduction, better, mean_std, register
+from ._common import Settings, load_student, train_teacher
 from ._dual import fast_train
 
 TEACHER = {"image_dim": 64, "text_dim": 10, "hidden": [256], "embed_dim": 64}
 PRETRAINED = {"image_dim": 64, "hidden": [128], "embed_dim": None, "head": "linear"}
 ADIP = {"image_dim": 64, "hidden": [128], "embed_dim": 64, "head": "text"}
 DOMAINS = ("clean", "rotate", "noise")
-
-
-def _settings(quick: bool) -> dict[str, int]:
-    if quick:
-        return {"teacher_epochs": 15, "pretrain_epochs": 15, "align_epochs": 5, "distill_epochs": 10}
-    return {"teacher_epochs": 30, "pretrain_epochs": 30, "align_epochs": 10, "distill_epochs": 20}
+SETTINGS = Settings(quick={"teacher_epochs": 15, "pretrain_epochs": 15, "align_epochs": 5, "distill_epochs": 10},
+                    full={"teacher_epochs": 30, "pretrain_epochs": 30, "align_epochs": 10, "distill_epochs": 20})
 
 
 def _data(train_domains: list[str], caption_noise: float) -> dict[str, Any]:
@@ -69,26 +68,10 @@ def _data(train_domains: list[str], caption_noise: float) -> dict[str, Any]:
             "params": {"train_domains": train_domains, "test_domain": "clean", "caption_noise": caption_noise}}
 
 
-def _teacher_model(weights: str) -> dict[str, Any]:
-    return {"kind": "frozen", "model": {"name": "zero_shot_dual_encoder", "params": TEACHER, "checkpoint": weights}}
-
-
-def _itc() -> list[dict[str, Any]]:
-    nce = {"kind": "infonce", "params": {"temperature": 0.07}, "weight": 0.5}
-    return [dict(nce, name="itc_i2t", inputs={"student": "student.image", "teacher": "student.text"}),
-            dict(nce, name="itc_t2i", inputs={"student": "student.text", "teacher": "student.image"})]
-
-
-def _adip_objectives() -> list[dict[str, Any]]:
-    return [
-        {"name": "distill_image", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.image"}, "weight": 0.5},
-        {"name": "distill_text", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.text"}, "weight": 0.5},
-    ]
-
-
 def _student_run(seed: int, epochs: int, params: dict[str, Any], checkpoint: str, teacher: str, objectives: list) -> dict[str, Any]:
     return {"seed": seed, "data": _data(["clean"], 0.0), "student": {"name": "zero_shot_student", "params": params, "checkpoint": checkpoint},
-            "teacher": _teacher_model(teacher), "objectives": objectives, "train": fast_train(epochs)}
+            "teacher": frozen_teacher({"name": "zero_shot_dual_encoder", "params": TEACHER, "checkpoint": teacher}),
+            "objectives": objectives, "train": fast_train(epochs)}
 
 
 @torch.no_grad()
@@ -101,46 +84,40 @@ def evaluate(model: torch.nn.Module, tests: dict[str, Any]) -> dict[str, float]:
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     tests = {d: load_dataset("ood_digits", test_domain=d) for d in DOMAINS}
     shape = tests["clean"].input_shape
-    ctx.train("teacher", {"seed": 0, "data": _data(list(DOMAINS), 0.5), "student": {"name": "dual_encoder", "params": TEACHER},
-                          "objectives": _itc(), "train": fast_train(s["teacher_epochs"])})
-    teacher_w = str((ctx.out / "teacher" / "student.safetensors").resolve())
-    teacher = build_model("zero_shot_dual_encoder", shape, 10, **TEACHER)
-    ckpt.load_weights(teacher, ctx.out / "teacher" / "student.safetensors", what="teacher")
+    teacher_run = train_teacher(ctx, {"name": "dual_encoder", "params": TEACHER}, _data(list(DOMAINS), 0.5),
+                                fast_train(s["teacher_epochs"]), objectives=clip_objectives(0.07))
+    teacher_w = teacher_run.weights
+    teacher = load_student(teacher_run.run_dir, {"name": "zero_shot_dual_encoder", "params": TEACHER}, shape, 10)
     teacher_scores = evaluate(teacher, tests)
     ctx.log("    teacher: " + ", ".join(f"{k} {v:.4f}" for k, v in teacher_scores.items()))
     arms = ("pretrained", "naive_kd", "adip", "distill_no_align")
     scores: dict[str, dict[str, list[float]]] = {a: {} for a in arms}
     total = s["align_epochs"] + s["distill_epochs"]
+    adip = adip_config(0.5)["objectives"]
     for seed in ctx.seeds:
         pre = f"pretrained/seed{seed}"
         ctx.train(pre, {"seed": seed, "data": _data(["clean"], 0.0), "student": {"name": "zero_shot_student", "params": PRETRAINED},
                         "objectives": [{"kind": "ce"}], "train": fast_train(s["pretrain_epochs"])})
         pre_w = str((ctx.out / pre / "student.safetensors").resolve())
-        pretrained = build_model("zero_shot_student", shape, 10, **PRETRAINED)
-        ckpt.load_weights(pretrained, ctx.out / pre / "student.safetensors", what="pre-trained student")
+        pretrained = load_student(ctx.out / pre, {"name": "zero_shot_student", "params": PRETRAINED}, shape, 10).train()
         init = ctx.path(f"adip_init/seed{seed}") / "student.safetensors"   # pre-trained backbone + fresh projector
         torch.manual_seed(seed)
         ckpt.save_weights(align_student(pretrained, TEACHER["embed_dim"]), init)
-        runs = {
-            "naive_kd": _student_run(seed, total, PRETRAINED, pre_w, teacher_w,
-                                     [{"kind": "ce"}, {"kind": "kd", "params": {"temperature": 4.0}}]),
-            "adip_align": _student_run(seed, s["align_epochs"], dict(ADIP, freeze=["backbone"]), str(init.resolve()), teacher_w, _adip_objectives()),
-            "adip": None,  # built after the align stage
-            "distill_no_align": _student_run(seed, total, ADIP, str(init.resolve()), teacher_w, _adip_objectives()),
-        }
-        for name in ("naive_kd", "adip_align", "adip", "distill_no_align"):
-            if name == "adip":
-                aligned = str((ctx.out / f"adip_align/seed{seed}" / "student.safetensors").resolve())
-                runs["adip"] = _student_run(seed, s["distill_epochs"], dict(ADIP, freeze=["proj"]), aligned, teacher_w, _adip_objectives())
-            ctx.train(f"{name}/seed{seed}", runs[name])
+        # naive KD; ADiP's Align (backbone frozen, projector trained) then Distill (projector frozen); the ablation
+        # trains backbone and projector together
+        ctx.train(f"naive_kd/seed{seed}", _student_run(seed, total, PRETRAINED, pre_w, teacher_w, hinton_kd_objectives(4.0)))
+        ctx.train(f"adip_align/seed{seed}", _student_run(seed, s["align_epochs"], dict(ADIP, freeze=["backbone"]),
+                                                         str(init.resolve()), teacher_w, adip))
+        aligned = str((ctx.out / f"adip_align/seed{seed}" / "student.safetensors").resolve())
+        ctx.train(f"adip/seed{seed}", _student_run(seed, s["distill_epochs"], dict(ADIP, freeze=["proj"]), aligned, teacher_w, adip))
+        ctx.train(f"distill_no_align/seed{seed}", _student_run(seed, total, ADIP, str(init.resolve()), teacher_w, adip))
         for arm in arms:
             params = PRETRAINED if arm in ("pretrained", "naive_kd") else ADIP
-            model = build_model("zero_shot_student", shape, 10, **params)
-            ckpt.load_weights(model, ctx.out / f"{arm}/seed{seed}" / "student.safetensors", what=arm)
-            result = evaluate(model, tests)
+            result = evaluate(load_student(ctx.out / f"{arm}/seed{seed}", {"name": "zero_shot_student", "params": params}, shape, 10),
+                              tests)
             for k, v in result.items():
                 scores[arm].setdefault(k, []).append(v)
             ctx.log(f"    {arm} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))

@@ -39,47 +39,19 @@ from typing import Any
 import torch
 
 from ..data import load_dataset
-from ..models import build_model
 from ..evaluation.retrieval import few_shot_probe, zero_shot_accuracy
+from ..recipes._fragments import frozen_teacher
+from ..recipes._itc import clip_objectives
+from ..recipes.vlm_ood import vlm_ood_config
 from . import Claim, Context, Reproduction, better, mean_std, register
+from ._common import Settings, by_metric, compose, load_student, run_grid, train_teacher
 from ._dual import fast_train
 
 SEEN, UNSEEN = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 TEACHER = {"image_dim": 64, "text_dim": 14, "hidden": [256], "embed_dim": 64}
-STUDENT = {"image_dim": 64, "hidden": [64], "embed_dim": 64, "num_prototypes": len(SEEN)}
+STUDENT = {"name": "zero_shot_student", "params": {"image_dim": 64, "hidden": [64], "embed_dim": 64, "num_prototypes": len(SEEN)}}
 DATA = {"dataset": "attribute_digits", "batch_size": 64, "params": {"captions": "class", "negatives": False}}
-
-
-def _settings(quick: bool) -> dict[str, int]:
-    return {"teacher_epochs": 20, "epochs": 20} if quick else {"teacher_epochs": 40, "epochs": 40}
-
-
-def _teacher_config(epochs: int) -> dict[str, Any]:
-    nce = {"kind": "infonce", "params": {"temperature": 0.07}, "weight": 0.5}
-    return {
-        "seed": 0,
-        "data": DATA,
-        "student": {"name": "dual_encoder", "params": TEACHER},
-        "objectives": [dict(nce, name="itc_i2t", inputs={"student": "student.image", "teacher": "student.text"}),
-                       dict(nce, name="itc_t2i", inputs={"student": "student.text", "teacher": "student.image"})],
-        "train": fast_train(epochs),
-    }
-
-
-def _student_config(seed: int, epochs: int, teacher_weights: str, align: bool) -> dict[str, Any]:
-    objectives: list[dict[str, Any]] = [{"name": "feature", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.image"}}]
-    if align:
-        objectives.append({"name": "align", "kind": "kd", "params": {"temperature": 1.0},
-                           "inputs": {"student": "student.logits", "teacher": "teacher.logits"}})
-    return {
-        "seed": seed,
-        "data": dict(DATA, params=dict(DATA["params"], classes=SEEN)),
-        "student": {"name": "zero_shot_student", "params": STUDENT},
-        "teacher": {"kind": "frozen", "model": {"name": "zero_shot_dual_encoder", "checkpoint": teacher_weights,
-                                                "params": dict(TEACHER, prompt_classes=SEEN)}},
-        "objectives": objectives,
-        "train": fast_train(epochs),
-    }
+SETTINGS = Settings(quick={"teacher_epochs": 20, "epochs": 20}, full={"teacher_epochs": 40, "epochs": 40})
 
 
 @torch.no_grad()
@@ -100,33 +72,30 @@ def evaluate(image: torch.Tensor, bank: torch.Tensor, splits: Any, probe_image: 
 
 
 def run(ctx: Context) -> list[Claim]:
-    s = _settings(ctx.quick)
+    s = SETTINGS(ctx.quick)
     full = load_dataset("attribute_digits", captions="class", negatives=False)
-    ctx.train("teacher", _teacher_config(s["teacher_epochs"]))
-    weights = str((ctx.out / "teacher" / "student.safetensors").resolve())
-    teacher = build_model("zero_shot_dual_encoder", full.input_shape, 10, **TEACHER)
-    from ..engine import checkpoint as ckpt
-
-    ckpt.load_weights(teacher, ctx.out / "teacher" / "student.safetensors", what="teacher")
-    teacher.eval()
+    trained = train_teacher(ctx, {"name": "dual_encoder", "params": TEACHER}, DATA, fast_train(s["teacher_epochs"]),
+                            objectives=clip_objectives(0.07))
+    teacher = load_student(trained.run_dir, {"name": "zero_shot_dual_encoder", "params": TEACHER}, full.input_shape, 10)
     with torch.no_grad():
         bank = teacher.text_bank()
         teacher_scores = evaluate(teacher.encode_image(full.test.x[:, :64]), bank, full, teacher.encode_image(full.train.x[:, :64]), 0)
     ctx.log("    teacher: " + ", ".join(f"{k} {v:.4f}" for k, v in teacher_scores.items()))
-    arms = {"feature_kd": False, "feature_kd_align": True}
-    scores: dict[str, dict[str, list[float]]] = {a: {} for a in arms}
-    for seed in ctx.seeds:
-        for arm, align in arms.items():
-            name = f"{arm}/seed{seed}"
-            ctx.train(name, _student_config(seed, s["epochs"], weights, align))
-            student = build_model("zero_shot_student", full.input_shape, 10, **STUDENT)
-            ckpt.load_weights(student, ctx.out / name / "student.safetensors", what="student")
-            student.eval()
-            with torch.no_grad():
-                result = evaluate(student.embed(full.test.x), bank, full, student.embed(full.train.x), seed)
-            for k, v in result.items():
-                scores[arm].setdefault(k, []).append(v)
-            ctx.log(f"    {arm} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    # the students are distilled on the seen classes; the teacher's text bank there holds their prompts only
+    base = {"data": compose(DATA, {"params": {"classes": SEEN}}), "student": STUDENT, "train": fast_train(s["epochs"]),
+            "teacher": frozen_teacher({"name": "zero_shot_dual_encoder", "checkpoint": trained.weights,
+                                       "params": dict(TEACHER, prompt_classes=SEEN)})}
+    arms = {"feature_kd": compose(base, vlm_ood_config(align_weight=0.0)),
+            "feature_kd_align": compose(base, vlm_ood_config(align_weight=1.0, temperature=1.0))}
+
+    def measure(run) -> dict[str, float]:
+        student = load_student(run.dir, STUDENT, full.input_shape, 10)
+        with torch.no_grad():
+            result = evaluate(student.embed(full.test.x), bank, full, student.embed(full.train.x), run.seed)
+        ctx.log(f"    {run.variant} seed {run.seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result
+
+    scores = by_metric(run_grid(ctx, arms, measure))
     claims = [
         better("The vision-language alignment term improves zero-shot accuracy on classes the student was never distilled on",
                scores["feature_kd_align"]["zero_shot_unseen"], scores["feature_kd"]["zero_shot_unseen"],
