@@ -129,3 +129,19 @@ def test_import_distillery_loads_neither_pydantic_nor_yaml():
     code = "import sys, distillery; print(sorted(m for m in ('pydantic', 'yaml') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_import_distillery_loads_no_objective_module_until_one_is_used():
+    """``import distillery`` needs only the Objective base class; the objective modules are
+    imported on first use of ``distillery.objectives`` names or of the registry."""
+    code = (
+        "import sys, distillery\n"
+        "loaded = lambda: sorted(m for m in sys.modules if m.startswith('distillery.objectives.'))\n"
+        "print(loaded())\n"
+        "from distillery.objectives import SoftTargetKD\n"
+        "from distillery.registry import OBJECTIVES\n"
+        "print(len(loaded()) > 20, 'kd' in OBJECTIVES, SoftTargetKD.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "['distillery.objectives.base']"
+    assert out[1] == "True True SoftTargetKD"

@@ -68,10 +68,21 @@ class Section:
 class Registry:
     """A mapping from names to components of one kind (teachers, objectives, ...)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, loader: str | None = None) -> None:
         self.kind = kind
+        self._loader = loader
         self._entries: dict[str, tuple[Any, str]] = {}
         self._sections: dict[str, Section] = {}
+
+    def _load(self) -> None:
+        """Import the module that registers this registry's components, the first time the
+        registry is read (``OBJECTIVES``: the objective modules are not imported by
+        ``import distillery``)."""
+        if self._loader is not None:
+            import importlib
+
+            loader, self._loader = self._loader, None
+            importlib.import_module(loader)
 
     def register(self, name: str, summary: str | None = None, *, config: Callable[[], type] | None = None, **tags: Any) -> Callable[[Any], Any]:
         """Decorator: ``@OBJECTIVES.register("kd")`` above a class or function.
@@ -109,6 +120,7 @@ class Registry:
 
     def get(self, name: str) -> Any:
         """Return the component registered as ``name``; a ConfigError lists the known names."""
+        self._load()
         if not isinstance(name, str):
             raise ConfigError(
                 f"A {self.kind} is named by a string, got {name!r} ({type(name).__name__}). "
@@ -124,12 +136,15 @@ class Registry:
         return self._entries[name][0]
 
     def summary(self, name: str) -> str:
+        self._load()
         return self._entries[name][1]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def items(self) -> Iterator[tuple[str, str]]:
+        self._load()
         for name in sorted(self._entries):
             yield name, self._entries[name][1]
 
@@ -137,6 +152,7 @@ class Registry:
     def sections(self, **tags: Any) -> list[tuple[str, type]]:
         """``(name, config class)`` of the sections whose tags match ``tags``, in
         registration order (a class shared by several names is listed under each)."""
+        self._load()
         return [
             (name, section.config())
             for name, section in self._sections.items()
@@ -145,6 +161,7 @@ class Registry:
 
     def config_class(self, name: str) -> type:
         """The pydantic class of the section registered as ``name``."""
+        self._load()
         if name not in self._sections:
             self.get(name)  # an unknown name: the usual error
             raise ConfigError(f"{self.kind} {name!r} cannot be written in a config.")
@@ -161,9 +178,11 @@ class Registry:
         return self.get(name)(**fields)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries
 
     def __len__(self) -> int:
+        self._load()
         return len(self._entries)
 
 
@@ -193,7 +212,7 @@ def import_submodules(package: str, path: list[str], skip: tuple[str, ...] = ())
 
 
 TEACHERS = Registry("teacher")
-OBJECTIVES = Registry("objective")
+OBJECTIVES = Registry("objective", loader="distillery.objectives._all")
 WEIGHTINGS = Registry("weighting")
 DATASETS = Registry("dataset")
 MODELS = Registry("model")

@@ -1,4 +1,8 @@
-"""Loss terms ("objectives"): importing this package registers them all in ``OBJECTIVES``.
+"""Loss terms ("objectives"), registered in ``OBJECTIVES``.
+
+The objective modules are imported on first use of a name of this package
+(``from distillery.objectives import SoftTargetKD``) or of the registry, not by
+``import distillery``, which only needs :class:`Objective`.
 
 Each family lives in its own module and offers a pure function (callable on tensors, e.g.
 :func:`kd_loss`) and a thin :class:`Objective` subclass registered under a short name:
@@ -40,100 +44,8 @@ module              name                    class
 
 from __future__ import annotations
 
-from .attention import AttentionTransfer, attention_map, attention_transfer_loss
-from .base import REDUCTIONS, Objective
-from .chunked import ChunkedKD, chunked_kd_loss, dense_kd_loss
-from .classification import CrossEntropy, cross_entropy_loss
-from .contrastive import (
-    InfoNCE,
-    MomentumQueue,
-    SoftContrastive,
-    infonce_loss,
-    soft_contrastive_loss,
-)
-from .cross_level import (  # registers "cross_level_dino" (CMD)
-    CrossLevelDINO,
-    cross_level_dino_loss,
-)
-from .dcd import (  # registers "dcd", "pairwise_score_ce" (DCD)
-    DynamicContrastiveDistillation,
-    PairwiseScoreCE,
-    dcd_loss,
-    pairwise_score_ce_loss,
-)
-from .dino import DINOLoss, dino_loss, dino_target_statistics, dino_teacher_temperature
-from .divergence import (
-    DKD,
-    GeneralizedJSD,
-    ReverseKL,
-    SoftTargetKD,
-    TotalVariation,
-    dkd_loss,
-    jsd_loss,
-    kd_loss,
-    reverse_kl_loss,
-    tvd_loss,
-)
-from .feature import (
-    FeatureCosine,
-    FeatureMSE,
-    FeatureSmoothL1,
-    feature_cosine_loss,
-    feature_mse_loss,
-    feature_smooth_l1_loss,
-)
-from .foreground import (  # UniDistill; "center_focal"
-    CenterFocal,
-    ForegroundFeatureKD,
-    ForegroundRelationKD,
-    ForegroundResponseKD,
-)
-from .hard_negative import HardNegativeContrast, hard_negative_contrast_loss
-from .joint_label import (  # registers "sla_ce", "sla_sd"
-    SLACrossEntropy,
-    SLASelfDistillation,
-)
-from .local_graph import (  # registers "local_graph_kd" (PointDistiller)
-    LocalGraphKD,
-    local_graph_loss,
-)
-from .normalized_l1 import (  # registers "normalized_l1" (DMAE)
-    FeatureNormalizedL1,
-    feature_normalized_l1_loss,
-)
-from .pseudo_label import (  # registers "pseudo_label" (FixMatch)
-    ConfidencePseudoLabel,
-    pseudo_label_loss,
-)
-from .ranking import (  # registers "cotap" (CoTAP)
-    CoTAP,
-    ObjectAwareFilter,
-    continuous_average_precision,
-)
-from .reconstruction import MaskedReconstruction, masked_reconstruction_loss
-from .relation import (
-    RKDAngle,
-    RKDDistance,
-    SimilarityKL,
-    pairwise_distances,
-    rkd_angle_loss,
-    rkd_distance_loss,
-    similarity_kl_loss,
-)
-from .routed import RoutedTokenKD  # registers "routed_kd" (LinguDistill)
-from .segment_replay import (  # PPCL interval replay (built in Python)
-    SegmentReplay,
-    segment_replay_loss,
-)
-from .token_relation import (  # registers token_relation, masked_token_relation, masked_token_feature (Hybrid Distill)
-    MaskedTokenFeatureKD,
-    MaskedTokenRelationKD,
-    TokenFeatureKD,
-    TokenRelationKD,
-    token_feature_loss,
-    token_relation_loss,
-)
-from .topk import TopKKD, kd_topk_loss, topk_targets
+import importlib
+from typing import Any
 
 __all__ = [
     "DKD",
@@ -217,6 +129,23 @@ __all__ = [
     "token_relation_loss",
 ]
 
-from ..registry import import_submodules as _import_submodules  # noqa: E402
 
-_import_submodules(__name__, __path__)  # registers objectives of modules not imported above
+def load() -> None:
+    """Import every objective module (each registers itself in ``OBJECTIVES``)."""
+    importlib.import_module(".objectives._all", __name__.rsplit(".", 1)[0])
+
+
+def __getattr__(name: str) -> Any:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    all_ = importlib.import_module(f"{__name__}._all")
+    try:
+        value = getattr(all_, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
