@@ -44,18 +44,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "CacheCorruptError",
-    "CacheError",
-    "CacheIndexError",
-    "CacheMismatchError",
-    "CacheNotFoundError",
-    "CacheReader",
-    "apply_seeded",
-    "build_cache",
-    "build_cache_from_config",
-    "read_manifest",
-    "sample_seed",
-    "teacher_fingerprint",
-    "teacher_input_spec",
-]
+__all__ = sorted(_EXPORTS)

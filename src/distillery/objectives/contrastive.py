@@ -207,6 +207,8 @@ class _QueueMixin:
     queue_size: int
     queue: MomentumQueue | None
     step_negatives: bool = False
+    #: the ``forward`` input whose keys :meth:`update` enqueues
+    _queue_input: str
 
     def _init_queue(self, queue_size: int, dim: int | None, step_negatives: bool = False) -> None:
         if int(queue_size) < 0:
@@ -235,6 +237,19 @@ class _QueueMixin:
 
     def _end_step(self) -> None:
         self._step_keys.clear()
+
+    @torch.no_grad()
+    def update(self, **inputs: Any) -> None:
+        self._end_step()
+        keys = inputs.get(self._queue_input)
+        if keys is not None:
+            self._enqueue(keys)
+
+    def _queue_repr(self) -> str:
+        return (
+            f"queue_size={self.queue_size}, reduction={self.reduction!r}"  # type: ignore[attr-defined]
+            + (", step_negatives=True" if self.step_negatives else "")
+        )
 
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:
@@ -289,6 +304,7 @@ class InfoNCE(_QueueMixin, Objective):
 
     inputs = {"student": "student.logits", "teacher": "teacher.logits"}
     target_space = None
+    _queue_input = "teacher"
 
     def __init__(
         self,
@@ -307,18 +323,8 @@ class InfoNCE(_QueueMixin, Objective):
         self._stage_step_keys(teacher)
         return loss
 
-    @torch.no_grad()
-    def update(self, **inputs: Any) -> None:
-        self._end_step()
-        teacher = inputs.get("teacher")
-        if teacher is not None:
-            self._enqueue(teacher)
-
     def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, queue_size={self.queue_size}, "
-            f"reduction={self.reduction!r}" + (", step_negatives=True" if self.step_negatives else "")
-        )
+        return f"temperature={self.temperature}, " + self._queue_repr()
 
 
 @OBJECTIVES.register("soft_contrastive")
@@ -350,6 +356,7 @@ class SoftContrastive(_QueueMixin, Objective):
 
     inputs = {"student": "student.logits", "teacher": "teacher.logits", "keys": "teacher.logits"}
     target_space = None
+    _queue_input = "keys"
 
     def __init__(
         self,
@@ -374,16 +381,5 @@ class SoftContrastive(_QueueMixin, Objective):
         self._stage_step_keys(keys)
         return loss
 
-    @torch.no_grad()
-    def update(self, **inputs: Any) -> None:
-        self._end_step()
-        keys = inputs.get("keys")
-        if keys is not None:
-            self._enqueue(keys)
-
     def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, alpha={self.alpha}, "
-            f"queue_size={self.queue_size}, reduction={self.reduction!r}"
-            + (", step_negatives=True" if self.step_negatives else "")
-        )
+        return f"temperature={self.temperature}, alpha={self.alpha}, " + self._queue_repr()

@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -36,7 +35,7 @@ from ..errors import ConfigError, ShapeError
 from ..registry import OBJECTIVES
 from ._common import check_reduction, check_temperature, reduce, shape_str, upcast
 from .base import Objective
-from .dino import dino_teacher_temperature
+from .dino import dino_teacher_temperature, update_center_
 
 __all__ = ["CrossLevelDINO", "cross_level_dino_loss", "level_cross_entropy"]
 
@@ -179,17 +178,11 @@ class CrossLevelDINO(Objective):
 
     @torch.no_grad()
     def update(self, **inputs: Any) -> None:
-        m = self.center_momentum
         for key, buf in (("image", self.center_image), ("region", self.center_region)):
             x = inputs.get(key)
             if x is None or x.numel() == 0:
                 continue
-            flat = x.detach().reshape(-1, self.out_dim).to(torch.promote_types(buf.dtype, torch.float32))
-            stats = torch.cat([flat.sum(0), flat.new_tensor([flat.shape[0]])])
-            if dist.is_available() and dist.is_initialized():  # the global mean across ranks
-                dist.all_reduce(stats)
-            mean = stats[:-1] / stats[-1]
-            buf.mul_(m).add_(mean.to(buf).unsqueeze(0), alpha=1.0 - m)
+            update_center_(buf, x, self.center_momentum)
 
     def extra_repr(self) -> str:
         return (

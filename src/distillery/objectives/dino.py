@@ -14,7 +14,7 @@ from ..registry import OBJECTIVES
 from ._common import check_reduction, check_temperature, reduce, shape_str, upcast
 from .base import Objective
 
-__all__ = ["DINOLoss", "dino_loss", "dino_target_statistics", "dino_teacher_temperature"]
+__all__ = ["DINOLoss", "dino_loss", "dino_target_statistics", "dino_teacher_temperature", "update_center_"]
 
 
 def dino_teacher_temperature(
@@ -26,6 +26,19 @@ def dino_teacher_temperature(
     frac = max(step, 0) / warmup_steps
     span = teacher_temperature - warmup_teacher_temperature
     return float(warmup_teacher_temperature + span * frac)
+
+
+@torch.no_grad()
+def update_center_(center: Tensor, outputs: Tensor, momentum: float) -> None:
+    """DINO's center update, in place: ``c <- m * c + (1 - m) * mean(outputs)``, the mean over
+    all leading dims (views, samples) of ``outputs`` ``[..., K]`` for ``center`` ``[1, K]``,
+    taken across ranks under ``torch.distributed``; accumulated in float32 at least."""
+    flat = outputs.detach().reshape(-1, center.shape[-1]).to(torch.promote_types(center.dtype, torch.float32))
+    stats = torch.cat([flat.sum(0), flat.new_tensor([flat.shape[0]])])
+    if dist.is_available() and dist.is_initialized():  # the global mean across ranks
+        dist.all_reduce(stats)
+    mean = (stats[:-1] / stats[-1]).to(center)
+    center.mul_(momentum).add_(mean.unsqueeze(0), alpha=1.0 - momentum)
 
 
 @torch.no_grad()
@@ -205,16 +218,7 @@ class DINOLoss(Objective):
                 f"dino: out_dim is {self.out_dim} but the teacher outputs have shape "
                 f"{shape_str(teacher)}."
             )
-        flat = teacher.detach().reshape(-1, self.out_dim)
-        dtype = torch.promote_types(self.center.dtype, torch.float32)
-        stats = torch.cat(
-            [flat.to(dtype).sum(0), torch.tensor([flat.shape[0]], dtype=dtype, device=flat.device)]
-        )
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(stats)
-        batch_center = (stats[:-1] / stats[-1]).to(self.center)
-        m = self.center_momentum
-        self.center.mul_(m).add_(batch_center.unsqueeze(0), alpha=1.0 - m)
+        update_center_(self.center, teacher, self.center_momentum)
 
     def extra_repr(self) -> str:
         return (

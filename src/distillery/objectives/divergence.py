@@ -26,6 +26,7 @@ positive normal float, see :func:`~distillery.objectives._common.floor_log_zeros
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -268,8 +269,35 @@ def dkd_loss(
 _LOGIT_INPUTS = {"student": "student.logits", "teacher": "teacher.logits"}
 
 
+class _TemperedDivergence(Objective):
+    """Shared body of the divergences parameterised by a temperature alone.
+
+    A subclass sets :attr:`_loss_fn`, a pure loss called as
+    ``fn(student, teacher, T, teacher_probs=..., reduction=...)``.
+    """
+
+    inputs = dict(_LOGIT_INPUTS)
+    target_space = "logits"
+    _loss_fn: Callable[..., Tensor]
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.temperature = check_temperature("temperature", temperature)
+
+    def forward(
+        self, student: Tensor, teacher: Tensor | None = None, *, teacher_probs: Tensor | None = None
+    ) -> Tensor:
+        return self._loss_fn(
+            student, teacher, self.temperature, teacher_probs=teacher_probs,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}"
+
+
 @OBJECTIVES.register("kd")
-class SoftTargetKD(Objective):
+class SoftTargetKD(_TemperedDivergence):
     """Soft-target knowledge distillation (Hinton et al. 2015): T^2 * KL(p_t || p_s).
 
     Paper: G. Hinton, O. Vinyals, J. Dean, 2015, "Distilling the Knowledge in a Neural
@@ -294,26 +322,14 @@ class SoftTargetKD(Objective):
     """
 
     inputs = dict(_LOGIT_INPUTS)
-    target_space = "logits"
+    _loss_fn = staticmethod(kd_loss)
 
     def __init__(self, temperature: float = 4.0, reduction: str = "mean") -> None:
-        super().__init__(reduction)
-        self.temperature = check_temperature("temperature", temperature)
-
-    def forward(
-        self, student: Tensor, teacher: Tensor | None = None, *, teacher_probs: Tensor | None = None
-    ) -> Tensor:
-        return kd_loss(
-            student, teacher, self.temperature, teacher_probs=teacher_probs,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}"
+        super().__init__(temperature, reduction)
 
 
 @OBJECTIVES.register("reverse_kl")
-class ReverseKL(Objective):
+class ReverseKL(_TemperedDivergence):
     """Reverse (mode-seeking) KL distillation: T^2 * KL(p_s || p_t).
 
     Used e.g. in MiniLLM (Y. Gu, L. Dong, F. Wei, M. Huang, 2024, "MiniLLM: Knowledge
@@ -335,22 +351,7 @@ class ReverseKL(Objective):
     """
 
     inputs = dict(_LOGIT_INPUTS)
-    target_space = "logits"
-
-    def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
-        super().__init__(reduction)
-        self.temperature = check_temperature("temperature", temperature)
-
-    def forward(
-        self, student: Tensor, teacher: Tensor | None = None, *, teacher_probs: Tensor | None = None
-    ) -> Tensor:
-        return reverse_kl_loss(
-            student, teacher, self.temperature, teacher_probs=teacher_probs,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}"
+    _loss_fn = staticmethod(reverse_kl_loss)
 
 
 @OBJECTIVES.register("jsd")
@@ -413,7 +414,7 @@ class GeneralizedJSD(Objective):
 
 
 @OBJECTIVES.register("tvd")
-class TotalVariation(Objective):
+class TotalVariation(_TemperedDivergence):
     """Total variation distance between teacher and student distributions: 0.5 * |p_t - p_s|_1.
 
     A symmetric divergence bounded in ``[0, 1]``; one of the four variants of f-DISTILL
@@ -434,22 +435,7 @@ class TotalVariation(Objective):
     """
 
     inputs = dict(_LOGIT_INPUTS)
-    target_space = "logits"
-
-    def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
-        super().__init__(reduction)
-        self.temperature = check_temperature("temperature", temperature)
-
-    def forward(
-        self, student: Tensor, teacher: Tensor | None = None, *, teacher_probs: Tensor | None = None
-    ) -> Tensor:
-        return tvd_loss(
-            student, teacher, self.temperature, teacher_probs=teacher_probs,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}"
+    _loss_fn = staticmethod(tvd_loss)
 
 
 @OBJECTIVES.register("dkd")

@@ -15,6 +15,7 @@ differ by a constant factor: ``distinct = all * B / (B-1)`` for the distance ter
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -197,8 +198,28 @@ def similarity_kl_loss(
 
 _REL_INPUTS = {"student": "student.logits", "teacher": "teacher.logits"}
 
+
+class _RKDObjective(Objective):
+    """Shared body of the RKD terms: a pure loss called as
+    ``fn(student, teacher, reduction, average_over)``, registered under :attr:`_name`."""
+
+    inputs = dict(_REL_INPUTS)
+    target_space = None
+    _name: str
+    _loss_fn: Callable[..., Tensor]
+
+    def __init__(self, reduction: str = "mean", average_over: RKDAverage = "all") -> None:
+        super().__init__(reduction)
+        self.average_over = _check_average_over(self._name, average_over)
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        return self._loss_fn(student, teacher, self.reduction, self.average_over)
+
+    def extra_repr(self) -> str:
+        return f"average_over={self.average_over!r}, reduction={self.reduction!r}"
+
 @OBJECTIVES.register("rkd_distance")
-class RKDDistance(Objective):
+class RKDDistance(_RKDObjective):
     """Relational KD, distance-wise (Park et al. 2019): Huber on mean-normalised distances.
 
     Paper: W. Park, D. Kim, Y. Lu, M. Cho, 2019, "Relational Knowledge Distillation"
@@ -230,21 +251,12 @@ class RKDDistance(Objective):
     """
 
     inputs = dict(_REL_INPUTS)
-    target_space = None
-
-    def __init__(self, reduction: str = "mean", average_over: RKDAverage = "all") -> None:
-        super().__init__(reduction)
-        self.average_over = _check_average_over("rkd_distance", average_over)
-
-    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return rkd_distance_loss(student, teacher, self.reduction, self.average_over)
-
-    def extra_repr(self) -> str:
-        return f"average_over={self.average_over!r}, reduction={self.reduction!r}"
+    _name = "rkd_distance"
+    _loss_fn = staticmethod(rkd_distance_loss)
 
 
 @OBJECTIVES.register("rkd_angle")
-class RKDAngle(Objective):
+class RKDAngle(_RKDObjective):
     """Relational KD, angle-wise (Park et al. 2019): Huber on triplet angle cosines.
 
     Paper: W. Park, D. Kim, Y. Lu, M. Cho, 2019, "Relational Knowledge Distillation"
@@ -277,17 +289,8 @@ class RKDAngle(Objective):
     """
 
     inputs = dict(_REL_INPUTS)
-    target_space = None
-
-    def __init__(self, reduction: str = "mean", average_over: RKDAverage = "all") -> None:
-        super().__init__(reduction)
-        self.average_over = _check_average_over("rkd_angle", average_over)
-
-    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return rkd_angle_loss(student, teacher, self.reduction, self.average_over)
-
-    def extra_repr(self) -> str:
-        return f"average_over={self.average_over!r}, reduction={self.reduction!r}"
+    _name = "rkd_angle"
+    _loss_fn = staticmethod(rkd_angle_loss)
 
 
 @OBJECTIVES.register("gram_kl")

@@ -116,6 +116,19 @@ class FrozenModelMixin:
         return [self.model]  # type: ignore[attr-defined]
 
 
+class SharedWeightsMixin:
+    """For teachers that run a separate ``model`` or, when it is ``None``, the student's own
+    (bound) weights; tap addresses refer to that network."""
+
+    model: nn.Module | None
+
+    def _net(self) -> nn.Module:
+        return self.model if self.model is not None else self.student  # type: ignore[attr-defined]
+
+    def tap_model(self) -> nn.Module:
+        return self._net()
+
+
 @contextlib.contextmanager
 def eval_mode(net: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Temporarily put ``net`` in eval mode (for teachers sharing the student's weights)."""

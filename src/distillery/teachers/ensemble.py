@@ -13,7 +13,7 @@ from torch import nn
 from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import TEACHERS
-from .base import Teacher, eval_mode, run_model
+from .base import SharedWeightsMixin, Teacher, eval_mode, run_model
 
 if TYPE_CHECKING:
     from ..engine.build import TeacherContext
@@ -22,7 +22,7 @@ AVERAGES = ("probs", "logits")
 
 
 @TEACHERS.register("self_ensemble")
-class SelfEnsembleTeacher(Teacher):
+class SelfEnsembleTeacher(SharedWeightsMixin, Teacher):
     """Teacher output = mean over input transforms of one model's outputs, without gradients.
 
     Used for test-time-augmentation teachers and self-supervised label augmentation (SLA+SD,
@@ -55,12 +55,6 @@ class SelfEnsembleTeacher(Teacher):
         self.transforms = list(transforms)
         self.model = model
         self.average = average
-
-    def _net(self) -> nn.Module:
-        return self.model if self.model is not None else self.student
-
-    def tap_model(self) -> nn.Module:
-        return self._net()
 
     @torch.no_grad()
     def signals(self, inputs: torch.Tensor, batch: Batch, names: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -11,14 +11,14 @@ from torch import nn
 from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import TEACHERS
-from .base import Teacher, eval_mode, run_model
+from .base import SharedWeightsMixin, Teacher, eval_mode, run_model
 
 if TYPE_CHECKING:
     from ..engine.build import TeacherContext
 
 
 @TEACHERS.register("privileged")
-class PrivilegedTeacher(Teacher):
+class PrivilegedTeacher(SharedWeightsMixin, Teacher):
     """The same network (or a given one) shown a privileged view of the batch.
 
     The teacher sees more than the student: the full input where the student sees a masked
@@ -40,12 +40,6 @@ class PrivilegedTeacher(Teacher):
         super().__init__(view)
         self.model = model
         self.eval_mode = eval_mode
-
-    def _net(self) -> nn.Module:
-        return self.model if self.model is not None else self.student
-
-    def tap_model(self) -> nn.Module:
-        return self._net()
 
     @torch.no_grad()
     def signals(self, inputs: torch.Tensor, batch: Batch, names: Sequence[str]) -> dict[str, torch.Tensor]:
