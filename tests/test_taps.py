@@ -114,6 +114,7 @@ def test_capture_outputs_and_inputs_in_nested_containers(net):
     assert signals == {}
 
 
+@pytest.mark.filterwarnings("ignore:Tap 'shared'")  # the warning itself is tested below
 def test_module_called_twice_last_call_wins(net):
     x = torch.randn(3, 4)
     ref = reference(net, x)
