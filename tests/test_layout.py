@@ -19,22 +19,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _never_run_on_import(tree: ast.AST) -> set[int]:
-    """Ids of the nodes under ``if TYPE_CHECKING:`` and ``if __name__ == "__main__":``: imports
-    there do not run when the module is imported, so they cannot take part in a cycle."""
-    skipped: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If):
-            test = ast.unparse(node.test)
-            if test in ("TYPE_CHECKING", "typing.TYPE_CHECKING") or test.startswith("__name__ =="):
-                for child in node.body:
-                    skipped.update(id(n) for n in ast.walk(child))
-    return skipped
-
-
 def import_graph() -> dict[str, set[str]]:
     """``module -> modules it imports``, over every ``import`` statement of ``src/distillery``,
-    at module level or inside functions. ``from .pkg import name`` counts as importing
+    at module level, inside functions, under ``if TYPE_CHECKING:`` (a cycle of type-only
+    imports is still two layers that depend on each other) or ``if __name__ == "__main__":``. ``from .pkg import name`` counts as importing
     ``pkg.name`` when that is a module, else ``pkg``; the implicit import of a parent package
     is not counted (every module would then be in a cycle with its package's ``__init__``)."""
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
@@ -42,11 +30,8 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         tree = ast.parse(path.read_text())
-        skipped = _never_run_on_import(tree)
         edges: set[str] = set()
         for node in ast.walk(tree):
-            if id(node) in skipped:
-                continue
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = package.split(".")[: len(package.split(".")) - node.level + 1]

@@ -127,11 +127,12 @@ def _data_text(info: dict[str, Any]) -> str:
 
 
 def check_cached_run(
-    cfg: Any, teacher: Any, train_set: Any, terms: Sequence[Any], input_shape: tuple[int, ...], num_classes: int
+    cfg: Any, teacher: Any, train_set: Any, terms: Sequence[Any], build_model: Callable[[Any, str], Any]
 ) -> Callable | None:
     """Check a cached teacher against the run config; returns the student's view replay when
-    the teacher saw the student's augmented input (else ``None``)."""
-    from ..engine.build import build_model
+    the teacher saw the student's augmented input (else ``None``). ``build_model(model_cfg,
+    where)`` builds a ``model`` section sized for the run's data (the teacher builder's
+    context provides it), to fingerprint ``teacher.source``'s checkpoint."""
     from ..engine.distiller import signal_names
     from ..objectives import TopKKD
 
@@ -175,7 +176,7 @@ def check_cached_run(
                 f"but teacher.source names {json.dumps(want, sort_keys=True)}. The run is refused; {_rebuild(path, hint)}."
             )
         if source.model.checkpoint is not None:
-            model = build_model(source.model, input_shape, num_classes, "teacher.source.model")
+            model = build_model(source.model, "teacher.source")
             found = teacher_fingerprint(model, want)
             if found != info.get("fingerprint"):
                 raise CacheMismatchError(

@@ -6,7 +6,6 @@ Only :mod:`argparse` is imported at module level, so building the parser stays c
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -113,9 +112,3 @@ def add_cache_parser(sub: argparse._SubParsersAction) -> None:
     v = csub.add_parser("verify", help="check a cache's files against its manifest (sizes, headers, sha256)")
     v.add_argument("dir", help="cache directory")
     v.set_defaults(func=_cmd_verify)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main(["cache", *sys.argv[1:]]))

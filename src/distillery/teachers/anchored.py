@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +35,8 @@ from torch import nn
 from ..batch import Batch
 from ..errors import ConfigError, ShapeError
 from ..registry import TEACHERS
-from .base import Teacher
+from .base import BuildContext, Teacher
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 MODES = ("arithmetic", "geometric")
 
@@ -182,7 +180,7 @@ def anchored_config() -> type:
 
 
 @TEACHERS.builder("anchored", config=anchored_config)
-def build_anchored(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_anchored(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     view = ctx.view(cfg, where)
     anchor = ctx.member(cfg.anchor, f"{where}.anchor")
     current = ctx.member(cfg.current, f"{where}.current")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,10 +12,8 @@ from torch import nn
 from ..batch import Batch
 from ..errors import ConfigError, ShapeError
 from ..registry import TEACHERS
-from .base import Teacher
+from .base import BuildContext, Teacher
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 COMBINES = ("probs", "logits")
 WeightFn = Callable[[Batch, list[dict[str, torch.Tensor]]], torch.Tensor]
@@ -160,7 +158,7 @@ def bank_config() -> type:
 
 
 @TEACHERS.builder("bank", config=bank_config)
-def build_bank(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_bank(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     ctx.view(cfg, where)  # checked, though each member reads its own view
     members = [ctx.member(m, f"{where}.members.{i}") for i, m in enumerate(cfg.members)]
     return TeacherBank(members, cfg.weights, cfg.combine)

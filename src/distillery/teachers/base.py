@@ -19,12 +19,37 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from .. import taps
 from ..batch import Batch, BatchView, as_batch_view
+
+
+class BuildContext(Protocol):
+    """What a teacher kind's builder receives besides its config section: the interface the
+    teachers need of the engine, implemented by :class:`distillery.engine.build.TeacherContext`
+    (declared here so that teachers depend on no engine module)."""
+
+    student: nn.Module
+    input_shape: tuple[int, ...]
+    num_classes: int
+    fit_teacher: Callable[[nn.Module, Any, str], nn.Module] | None
+    run: Any
+    """The run's parts (config, train_set, terms, precompute) for a run's own teacher, else None."""
+    student_view: Any
+
+    def build(self, cfg: Any, where: str = "teacher") -> Teacher: ...
+
+    def member(self, cfg: Any, where: str) -> Teacher: ...
+
+    def view(self, cfg: Any, where: str) -> BatchView | None: ...
+
+    def model(self, cfg: Any, where: str) -> nn.Module: ...
+
+    def trained_model(self, cfg: Any, fit: Any, where: str) -> nn.Module: ...
 
 
 class Teacher(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,11 +20,9 @@ from ..cache.store import (
     sha256_file,
 )
 from ..registry import TEACHERS
-from .base import Teacher
+from .base import BuildContext, Teacher
 from .frozen import FrozenTeacher
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 
 @TEACHERS.register("cached")
@@ -237,7 +235,7 @@ def cached_config() -> type:
 
 
 @TEACHERS.builder("cached", config=cached_config)
-def build_cached(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_cached(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     """The cache at ``path``; for a run's own teacher, the cache is checked against the run
     (:func:`~distillery.cache.checks.check_cached_run`) and, when the teacher saw the student's
     augmented input, the student's input becomes the replay of that augmentation."""
@@ -247,7 +245,7 @@ def build_cached(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
         from ..cache.checks import check_cached_run
 
         run = ctx.run
-        ctx.student_view = check_cached_run(run.config, teacher, run.train_set, run.terms, ctx.input_shape, ctx.num_classes)
+        ctx.student_view = check_cached_run(run.config, teacher, run.train_set, run.terms, ctx.model)
     return teacher
 
 

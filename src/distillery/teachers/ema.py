@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -13,10 +13,8 @@ from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import TEACHERS
 from ..weighting import CosineSchedule
-from .base import FrozenModelMixin, Teacher, freeze, run_model
+from .base import BuildContext, FrozenModelMixin, Teacher, freeze, run_model
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 BUFFER_MODES = ("copy", "average")
 
@@ -128,5 +126,5 @@ def ema_config() -> type:
 
 
 @TEACHERS.builder("ema", config=ema_config, member=True)
-def build_ema(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_ema(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     return EMATeacher(ctx.student, cfg.momentum, cfg.final_momentum, cfg.buffers, view=ctx.view(cfg, where))

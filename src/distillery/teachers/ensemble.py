@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +13,8 @@ from torch import nn
 from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import TEACHERS
-from .base import SharedWeightsMixin, Teacher, eval_mode, run_model
+from .base import BuildContext, SharedWeightsMixin, Teacher, eval_mode, run_model
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 AVERAGES = ("probs", "logits")
 
@@ -88,7 +86,7 @@ def self_ensemble_config() -> type:
 
 
 @TEACHERS.builder("self_ensemble", config=self_ensemble_config, member=True)
-def build_self_ensemble(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_self_ensemble(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     """Each entry of ``transforms`` is a list of view specs; ``model`` (optional) replaces the student's weights."""
     from ..data.views import build_view as build_transform
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -11,10 +11,8 @@ from torch import nn
 from .. import taps
 from ..batch import Batch
 from ..registry import TEACHERS
-from .base import FrozenModelMixin, Teacher, freeze, run_model
+from .base import BuildContext, FrozenModelMixin, Teacher, freeze, run_model
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 
 @TEACHERS.register("frozen")
@@ -103,7 +101,7 @@ def frozen_config() -> type:
 
 
 @TEACHERS.builder("frozen", config=frozen_config, member=True)
-def build_frozen(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_frozen(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     """The model (trained first when it has no checkpoint); a run's own teacher with
     ``precompute`` is replaced by its signals over the training set."""
     view = ctx.view(cfg, where)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -11,10 +11,8 @@ from torch import nn
 from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import TEACHERS
-from .base import SharedWeightsMixin, Teacher, eval_mode, run_model
+from .base import BuildContext, SharedWeightsMixin, Teacher, eval_mode, run_model
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 
 @TEACHERS.register("privileged")
@@ -64,7 +62,7 @@ def privileged_config() -> type:
 
 
 @TEACHERS.builder("privileged", config=privileged_config, member=True)
-def build_privileged(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_privileged(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     """The student's own weights on ``view``, or a separate ``model`` (trained by ``fit`` when it has no checkpoint)."""
     view = ctx.view(cfg, where)
     model = None

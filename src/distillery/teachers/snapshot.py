@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -12,11 +12,9 @@ from torch import nn
 from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import TEACHERS
-from .base import FrozenModelMixin, Teacher, freeze, run_model
+from .base import BuildContext, FrozenModelMixin, Teacher, freeze, run_model
 from .ema import unwrap
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 
 @TEACHERS.register("snapshot")
@@ -69,5 +67,5 @@ def snapshot_config() -> type:
 
 
 @TEACHERS.builder("snapshot", config=snapshot_config, member=True)
-def build_snapshot(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_snapshot(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     return SnapshotTeacher(ctx.student, cfg.every, view=ctx.view(cfg, where))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,10 +24,8 @@ from torch import nn
 from ..batch import Batch
 from ..errors import ConfigError, ShapeError
 from ..registry import TEACHERS
-from .base import FrozenModelMixin, Teacher, freeze, run_model
+from .base import BuildContext, FrozenModelMixin, Teacher, freeze, run_model
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 __all__ = ["DenseTTATeacher", "GridWarp", "grid_warps"]
 
@@ -203,7 +201,7 @@ def tta_dense_config() -> type:
 
 
 @TEACHERS.builder("tta_dense", config=tta_dense_config)
-def build_tta_dense(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_tta_dense(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     """The model (trained first when it has no checkpoint) on the patch grid of the run's images ``(C, H, W)``."""
     view = ctx.view(cfg, where)
     model = ctx.trained_model(cfg.model, cfg.fit, where)

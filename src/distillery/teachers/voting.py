@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +30,9 @@ from torch import nn
 from ..batch import Batch
 from ..errors import ConfigError, ShapeError
 from ..registry import TEACHERS
-from .base import FrozenModelMixin, Teacher, freeze, run_model
+from .base import BuildContext, FrozenModelMixin, Teacher, freeze, run_model
 from .ema import unwrap
 
-if TYPE_CHECKING:
-    from ..engine.build import TeacherContext
 
 VOTES = ("soft", "majority")
 
@@ -162,5 +160,5 @@ def voting_config() -> type:
 
 
 @TEACHERS.builder("voting_snapshots", config=voting_config)
-def build_voting(cfg: Any, ctx: TeacherContext, where: str) -> Teacher:
+def build_voting(cfg: Any, ctx: BuildContext, where: str) -> Teacher:
     return VotingSnapshotTeacher(ctx.student, cfg.size, cfg.every, cfg.vote, view=ctx.view(cfg, where))
