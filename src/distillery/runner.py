@@ -10,6 +10,8 @@ objectives of its ``fit`` section.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,20 +143,13 @@ def load_data(cfg: RunConfig):
 def fit_teacher(model: nn.Module, fit: FitCfg, splits, run_dir: Path, seed: int, resume: bool, where: str) -> nn.Module:
     """Train ``model`` by cross-entropy on the labeled training set (``<run>/teacher``), or by
     ``fit.objectives`` on it (plus the unlabeled samples when ``fit.unlabeled``)."""
-    from .objectives import CrossEntropy
-
-    if fit.data is not None:
-        splits = _fit_data(fit, splits, where)
     # one directory per fitted teacher: "teacher", or e.g. "teacher_members_1" for a bank member
     out = run_dir / ("teacher" if where == "teacher" else where.replace(".", "_"))
     weights = out / "student.safetensors"
     if resume and weights.is_file() and (out / "summary.json").is_file():
         ckpt.load_weights(model, weights, what=f"{where} (fitted earlier)")
         return model
-    terms = build_terms(fit.objectives, where=f"{where}.fit.objectives") if fit.objectives else [Term("ce", CrossEntropy(label_smoothing=fit.label_smoothing))]
-    if fit.unlabeled and splits.unlabeled is None:
-        raise ConfigError(f"{where}.fit.unlabeled is true, but the dataset was given no unlabeled samples (see its params).")
-    distiller = Distiller(model, None, terms, student_view=build_view(fit.view, f"{where}.fit.view"))
+    distiller, splits, data = teacher_fit_parts(model, fit, splits, where)
     teacher_resume = resume and ckpt.latest_checkpoint(out / "checkpoints") is not None if (out / "checkpoints").exists() else False
     if not teacher_resume and out.exists() and D.is_main():
         shutil.rmtree(out)
@@ -162,7 +157,7 @@ def fit_teacher(model: nn.Module, fit: FitCfg, splits, run_dir: Path, seed: int,
     kw = trainer_kwargs(fit)
     trainer = Trainer(
         distiller,
-        splits.train_with_unlabeled() if fit.unlabeled else splits.train,
+        data,
         eval_data=splits.test,
         out_dir=out,
         seed=seed,
@@ -172,6 +167,23 @@ def fit_teacher(model: nn.Module, fit: FitCfg, splits, run_dir: Path, seed: int,
     )
     trainer.fit(resume=teacher_resume)
     return model
+
+
+def teacher_fit_parts(model: nn.Module, fit: FitCfg, splits, where: str) -> tuple[Distiller, Any, Any]:
+    """What trains a teacher by its ``fit`` section: ``(distiller, splits, training data)``.
+
+    The splits are ``fit.data``'s when given (checked against the run's), else the run's; the
+    terms are ``fit.objectives`` or cross-entropy; the data adds the unlabeled samples when
+    ``fit.unlabeled``."""
+    from .objectives import CrossEntropy
+
+    if fit.data is not None:
+        splits = _fit_data(fit, splits, where)
+    terms = build_terms(fit.objectives, where=f"{where}.fit.objectives") if fit.objectives else [Term("ce", CrossEntropy(label_smoothing=fit.label_smoothing))]
+    if fit.unlabeled and splits.unlabeled is None:
+        raise ConfigError(f"{where}.fit.unlabeled is true, but the dataset was given no unlabeled samples (see its params).")
+    distiller = Distiller(model, None, terms, student_view=build_view(fit.view, f"{where}.fit.view"))
+    return distiller, splits, splits.train_with_unlabeled() if fit.unlabeled else splits.train
 
 
 def _fit_data(fit: FitCfg, run_splits, where: str):
@@ -251,21 +263,33 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, overwrite: bool = Fa
     return summary
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
-    """Build everything the config describes (fitting a teacher first if needed) and train."""
+@dataclass
+class RunBuild:
+    """Everything a run config builds before its first step."""
+
+    splits: Any
+    train_set: Any
+    terms: list[Term]
+    teacher: Any
+    distiller: Distiller
+    trainer: Trainer
+
+
+def build_run(cfg: RunConfig, make_fit: Callable[[Any], Callable[[nn.Module, FitCfg, str], nn.Module]], out: Path | None) -> RunBuild:
+    """Load the data and build student, teacher, terms, distiller and trainer as ``cfg`` says.
+
+    ``make_fit(splits)`` returns how a teacher without a checkpoint is trained (``run``: by
+    :func:`fit_teacher`; ``distillery validate``: not at all). ``out`` is the run directory
+    (``None``: the trainer writes nothing)."""
     splits = load_data(cfg)
     seed_everything(cfg.seed)  # every rank builds the same initial weights
     student = build_model(cfg.student, splits.input_shape, splits.num_classes, "student")
-
-    def _fit(model: nn.Module, fit: FitCfg, where: str) -> nn.Module:
-        return fit_teacher(model, fit, splits, out, cfg.seed, resume, where)
-
     if cfg.data.unlabeled and splits.unlabeled is None:
         raise ConfigError(f"data.unlabeled is true, but dataset {cfg.data.dataset!r} was given no unlabeled samples (see its params).")
     train_set = splits.train_with_unlabeled() if cfg.data.unlabeled else splits.train
     terms = build_terms(cfg.objectives)
     run_parts = RunParts(cfg, train_set, terms, precompute=lambda t: precompute_teacher(cfg, t, terms, train_set))
-    context = TeacherContext(student, splits.input_shape, splits.num_classes, _fit, run=run_parts)
+    context = TeacherContext(student, splits.input_shape, splits.num_classes, make_fit(splits), run=run_parts)
     teacher = context.build(cfg.teacher) if cfg.teacher is not None else None
     distiller = build_distiller(cfg, student, teacher, terms)
     if context.student_view is not None:  # the teacher decides the student's input (a cache's replayed augmentation)
@@ -279,10 +303,20 @@ def _train(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
         eval_view=build_view(cfg.data.eval_view, "data.eval_view"),
         **trainer_kwargs(cfg.train, cfg.data),
     )
+    return RunBuild(splits, train_set, terms, teacher, distiller, trainer)
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
+    """Build everything the config describes (fitting a teacher first if needed) and train."""
+
+    def make_fit(splits: Any) -> Callable[[nn.Module, FitCfg, str], nn.Module]:
+        return lambda model, fit, where: fit_teacher(model, fit, splits, out, cfg.seed, resume, where)
+
+    built = build_run(cfg, make_fit, out)
     # stopped before the student's first checkpoint (e.g. while its teacher was trained): the
     # student starts from the beginning, which is where the run stood
     student_resume = resume and ckpt.latest_checkpoint(out / "checkpoints") is not None
-    return trainer.fit(resume=student_resume)
+    return built.trainer.fit(resume=student_resume)
 
 
 def _remove_failed_start(out: Path, keep_folder: bool = False) -> None:

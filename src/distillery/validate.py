@@ -1,9 +1,8 @@
 """``distillery validate``: check a config without training.
 
-Validates the config, then builds what :func:`distillery.runner.run` builds, with the engine's
-own code (:func:`~distillery.runner.load_data`, :func:`~distillery.engine.build.build_model`,
-:class:`~distillery.engine.build.TeacherContext`, :func:`~distillery.engine.build.build_terms`,
-:func:`~distillery.engine.build.build_distiller`, the trainer's optimizer and schedule), and runs
+Validates the config, then builds what :func:`distillery.runner.run` builds, with the same
+function (:func:`~distillery.runner.build_run`: data, student, teacher, terms, distiller,
+trainer; then the trainer's loader, optimizer and schedule), and runs
 ONE batch of the training set through student and teacher as the first training step would
 (views, taps, adapters built from that batch, ground-truth mixing), without a backward pass.
 It reports the data, the networks and their parameter counts, the shape and dtype of every
@@ -33,19 +32,10 @@ import torch
 from torch import nn
 
 from .batch import to_device
-from .engine.build import (
-    RunParts,
-    TeacherContext,
-    build_distiller,
-    build_model,
-    build_terms,
-    build_view,
-    trainer_kwargs,
-)
+from .engine.build import trainer_kwargs
 from .engine.distiller import Distiller, Term, parse_ref
-from .engine.loading import make_loader, steps_per_epoch
-from .engine.trainer import Trainer, build_optimizer, build_scheduler, seed_everything
-from .errors import ConfigError
+from .engine.loading import steps_per_epoch
+from .engine.trainer import Trainer, build_optimizer, build_scheduler
 from .teachers.base import Teacher
 
 if TYPE_CHECKING:
@@ -126,46 +116,27 @@ def validate(cfg: RunConfig, name: str | None = None) -> Validation:
     :class:`~distillery.errors.TapError`, :class:`~distillery.errors.ShapeError`, ...), or
     :class:`~distillery.errors.NonFiniteLossError` when a term is not finite on the batch.
     """
-    from .runner import load_data, precompute_teacher
+    from .runner import build_run
 
     t0 = time.perf_counter()
     if cfg.teacher is not None:
         cfg.teacher.preflight()  # e.g. a missing cache
-    splits = load_data(cfg)
-    seed_everything(cfg.seed)  # as run: the same initial weights
-    student = build_model(cfg.student, splits.input_shape, splits.num_classes, "student")
-    if cfg.data.unlabeled and splits.unlabeled is None:
-        raise ConfigError(f"data.unlabeled is true, but dataset {cfg.data.dataset!r} was given no unlabeled samples (see its params).")
-    train_set = splits.train_with_unlabeled() if cfg.data.unlabeled else splits.train
-    terms = build_terms(cfg.objectives)
-    fitter = _UntrainedFit(splits, cfg.seed)
-    notes = fitter.notes
+    fitters: list[_UntrainedFit] = []
 
-    def precompute(teacher: Teacher) -> Teacher:
+    def make_fit(splits: Any) -> _UntrainedFit:
+        fitters.append(_UntrainedFit(splits, cfg.seed))
+        return fitters[-1]
+
+    built = build_run(cfg, make_fit, out=None)  # what run builds; the trainer writes nothing
+    splits, train_set, teacher, distiller, trainer = built.splits, built.train_set, built.teacher, built.distiller, built.trainer
+    student = distiller.student
+    notes = fitters[0].notes
+    if getattr(cfg.teacher, "precompute", False):
         notes.append(f"teacher.precompute: the teacher's signals were computed over the {len(train_set):,} training samples, as run does first")
-        return precompute_teacher(cfg, teacher, terms, train_set)
-
-    run_parts = RunParts(cfg, train_set, terms, precompute=precompute)
-    context = TeacherContext(student, splits.input_shape, splits.num_classes, fitter, run=run_parts)
-    teacher = context.build(cfg.teacher) if cfg.teacher is not None else None
-    distiller = build_distiller(cfg, student, teacher, terms)
-    if context.student_view is not None:  # the teacher decides the student's input (a cache's replay)
-        distiller.student_view = context.student_view
-    trainer = Trainer(
-        distiller,
-        train_set,
-        eval_data=splits.test,
-        out_dir=None,  # nothing is written
-        seed=cfg.seed,
-        eval_view=build_view(cfg.data.eval_view, "data.eval_view"),
-        **trainer_kwargs(cfg.train, cfg.data),
-    )
 
     # the trainer's set-up, on one process: loader, total steps, the first batch, optimizer
-    loader, sampler = make_loader(train_set, trainer.batch_size, seed=cfg.seed, drop_last=trainer.drop_last)
+    loader, sampler = trainer.train_loader()
     batches = sampler.global_batches()
-    if batches == 0:
-        raise ConfigError(f"The training set has {len(train_set)} samples, fewer than one batch of {trainer.batch_size}.")
     total_steps = steps_per_epoch(batches, trainer.grad_accum) * trainer.epochs
     distiller.set_total_steps(total_steps)
     batch = to_device(next(iter(loader)), trainer.device)
@@ -222,22 +193,11 @@ class _UntrainedFit:
         self.notes: list[str] = []
 
     def __call__(self, model: nn.Module, fit: FitCfg, where: str) -> nn.Module:
-        from .objectives import CrossEntropy
-        from .runner import _fit_data
+        from .runner import teacher_fit_parts
 
-        # the run's own check of fit.data (input shape, number of classes)
-        splits = _fit_data(fit, self.splits, where) if fit.data is not None else self.splits
-        if fit.unlabeled and splits.unlabeled is None:
-            raise ConfigError(f"{where}.fit.unlabeled is true, but the dataset was given no unlabeled samples (see its params).")
-        terms = (
-            build_terms(fit.objectives, where=f"{where}.fit.objectives")
-            if fit.objectives
-            else [Term("ce", CrossEntropy(label_smoothing=fit.label_smoothing))]
-        )
-        distiller = Distiller(model, None, terms, student_view=build_view(fit.view, f"{where}.fit.view"))
-        data = splits.train_with_unlabeled() if fit.unlabeled else splits.train
+        distiller, _, data = teacher_fit_parts(model, fit, self.splits, where)  # the run's own checks and terms
         trainer = Trainer(distiller, data, out_dir=None, seed=self.seed, batch_size=fit.batch_size or 128, **trainer_kwargs(fit))
-        loader, _ = make_loader(data, trainer.batch_size, seed=self.seed)
+        loader, _ = trainer.train_loader()  # as run would: at least one batch
         distiller.train()
         distiller.prepare(to_device(next(iter(loader)), trainer.device))  # every fit term computes
         self.notes.append(

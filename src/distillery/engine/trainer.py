@@ -333,7 +333,7 @@ class Trainer:
         world, rank = D.world_size(), D.rank()
         seed_everything(self.seed + rank)
         d = self.distiller
-        loader, sampler = self._train_loader(world, rank)
+        loader, sampler = self.train_loader(world, rank)
         batches = sampler.global_batches()
         total_steps = steps_per_epoch(batches, self.grad_accum) * self.epochs
         d.set_total_steps(total_steps)
@@ -353,7 +353,7 @@ class Trainer:
         run.step = int(d.global_step)
         return run
 
-    def _train_loader(self, world: int, rank: int) -> tuple[DataLoader, EpochBatchSampler]:
+    def train_loader(self, world: int = 1, rank: int = 0) -> tuple[DataLoader, EpochBatchSampler]:
         """This rank's loader over ``train_data`` (its slice of each global batch) and its
         resumable sampler; a ConfigError when the set holds less than one batch."""
         loader, sampler = make_loader(
