@@ -11,19 +11,8 @@ from distillery.config import RunConfig, apply_overrides, dump_config, load_conf
 from distillery.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-BASE = {
-    "data": {"dataset": "digits"},
-    "student": {"name": "mlp"},
-    "teacher": {"kind": "ema", "momentum": 0.99},
-    "objectives": [{"kind": "ce"}, {"kind": "kd", "params": {"temperature": 2.0}, "weight": 0.5}],
-    "train": {"epochs": 2},
-}
-
-
-def _error(overrides: list[str]) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_config(apply_overrides(BASE, overrides))
-    return str(info.value)
+from helpers_config import BASE  # noqa: E402
+from helpers_config import refusal as _error  # noqa: E402
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

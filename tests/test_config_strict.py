@@ -64,25 +64,9 @@ def test_a_view_named_by_something_other_than_a_string_is_refused(spec):
 
 
 # -- the schema: nothing coerced, bounds that say why (brief H8) ----------------------------
-BASE = {
-    "data": {"dataset": "digits"},
-    "student": {"name": "mlp"},
-    "teacher": {"kind": "ema", "momentum": 0.99},
-    "objectives": [{"kind": "ce"}, {"kind": "kd", "params": {"temperature": 2.0}, "weight": 0.5}],
-    "train": {"epochs": 2},
-}
-
-
-def _parse(overrides: list[str]):
-    from distillery.config import apply_overrides, parse_config
-
-    return parse_config(apply_overrides(BASE, overrides))
-
-
-def _refused(overrides: list[str]) -> str:
-    with pytest.raises(ConfigError) as info:
-        _parse(overrides)
-    return str(info.value)
+from helpers_config import BASE  # noqa: E402
+from helpers_config import parse as _parse  # noqa: E402
+from helpers_config import refusal as _refused  # noqa: E402
 
 
 @pytest.mark.parametrize(
