@@ -514,3 +514,20 @@ def test_general_datasets_document_every_parameter():
         meanings = docstring_args(fn.__doc__)
         names, _ = keyword_names(fn)
         assert names and all(meanings.get(n) for n in names), (name, set(names) - set(meanings))
+
+
+def test_generated_data_cache_files_follow_the_umask(tmp_path):
+    """Issue 10, item 6: files written atomically respect the umask (the data cache may be shared)."""
+    import os
+    import stat
+
+    import numpy as np
+
+    from distillery.data.datasets import _atomic_savez
+
+    old = os.umask(0o022)
+    try:
+        _atomic_savez(tmp_path / "x.npz", a=np.zeros(3))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.npz").stat().st_mode) == 0o644

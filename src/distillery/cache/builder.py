@@ -226,7 +226,9 @@ def _to_numpy(value: torch.Tensor, dtype: np.dtype, name: str) -> np.ndarray:
     return array
 
 
-def _save_teacher(root: Path, model: nn.Module) -> dict[str, Any]:
+def save_teacher(root: Path, model: nn.Module) -> dict[str, Any]:
+    """Save the teacher's weights in the cache folder ``root``; returns the manifest entries
+    that name them."""
     from ..engine.checkpoint import save_weights
 
     path = root / TEACHER_WEIGHTS
@@ -285,9 +287,9 @@ def build_cache(
             "model": {"name": description["name"], "params": description["params"]},
             "until": until,
         },
-        "dataset": _dataset_info(dataset, {}),
+        "dataset": dataset_info(dataset, {}),
         "input": {"key": key, "transforms": transforms, "tied_to_student": bool(tied_to_student and transforms), "seed": seed},
-        "build": _build_info(None),
+        "build": build_info(None),
     }
     if description["name"] is not None and until is None and hasattr(dataset, "sample_shape"):
         # what CachedTeacher(eval_model="auto") needs to rebuild the network for evaluation
@@ -298,7 +300,7 @@ def build_cache(
         if "logits" in probe:
             manifest["teacher"].update(input_shape=list(dataset.sample_shape), num_classes=int(probe["logits"].shape[-1]))
     with store.staging(out) as tmp:
-        manifest["teacher"].update(_save_teacher(tmp, model))
+        manifest["teacher"].update(save_teacher(tmp, model))
         manifest = write_cache(
             tmp, model, dataset, names=names, until=until, topk=topk, temperature=temperature, views=views,
             transform=transform, key=key, seed=seed, dtype=dtype, shard_size=shard_size, batch_size=batch_size,
@@ -308,13 +310,15 @@ def build_cache(
     return manifest
 
 
-def _dataset_info(dataset: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
+def dataset_info(dataset: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's ``dataset`` entry: the dataset's fingerprint and size, plus ``extra``."""
     if not hasattr(dataset, "fingerprint"):
         raise ConfigError(f"A cache needs a dataset with a fingerprint (an ArrayDataset), got {type(dataset).__name__}.")
     return {"fingerprint": dataset.fingerprint(), "num_samples": len(dataset), **dict(extra)}
 
 
-def _build_info(argv: Sequence[str] | None) -> dict[str, Any]:
+def build_info(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The manifest's ``build`` entry: versions, date and the command (``argv``) that built it."""
     from importlib import metadata
 
     try:

@@ -21,9 +21,9 @@ from ..errors import ConfigError
 from ..runner import fit_teacher, load_data
 from . import store
 from .builder import (
-    _build_info,
-    _dataset_info,
-    _save_teacher,
+    build_info,
+    dataset_info,
+    save_teacher,
     model_description,
     teacher_fingerprint,
     teacher_input_spec,
@@ -150,13 +150,13 @@ def build_cache_from_config(
                 "fit": store.fit_description(source.fit) if fitted else None,  # what trained it (checks.py)
                 "input_shape": list(splits.input_shape),
                 "num_classes": int(splits.num_classes),
-                **_save_teacher(tmp, model),
+                **save_teacher(tmp, model),
             },
-            "dataset": _dataset_info(train_set, {
+            "dataset": dataset_info(train_set, {
                 "name": cfg.data.dataset, "params": dict(cfg.data.params), "unlabeled": bool(cfg.data.unlabeled),
             }),
             "input": {**spec, "seed": int(cfg.seed)},
-            "build": _build_info(argv),
+            "build": build_info(argv),
         }
         manifest = write_cache(
             tmp, model.to(device), train_set, names=names, until=source.until, topk=topk, temperature=float(temperature),

@@ -46,7 +46,6 @@ rebuilds the cache; nothing is recomputed or skipped silently.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -58,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.checkpoint import sha256_file
 from ..errors import DistilleryError
 
 FORMAT = "distillery-teacher-cache"
@@ -142,17 +142,6 @@ def _quote(arg: str) -> str:
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 FIT_BOOKKEEPING = (

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..config.signatures import check_params
+from ..engine.checkpoint import chmod_by_umask
 from ..errors import ConfigError
 from ..registry import DATASETS
 
@@ -258,6 +259,7 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        chmod_by_umask(Path(tmp))  # mkstemp's 0600 would hide a shared data cache from others
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

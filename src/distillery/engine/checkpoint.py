@@ -79,8 +79,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes (checkpoints, cache shards, cached teachers' weights)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
