@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="reproduction name (see --list)")
     p.add_argument("--list", action="store_true", help="list the reproductions")
     p.add_argument("--all", action="store_true", help="run every reproduction (of --family)")
-    p.add_argument("--family", help="with --all: self_distillation or multi_teacher_feature_contrastive")
+    p.add_argument("--family", help="with --all: self_distillation, multi_teacher_feature_contrastive, generative or sequence")
     p.add_argument("--quick", action="store_true", help="smaller, faster version of each experiment")
     p.add_argument("--seeds", type=int, help="seeds per compared setting (default: the reproduction's, usually 3)")
     p.add_argument("--out", help="output directory (default: runs/reproduce/<name>)")

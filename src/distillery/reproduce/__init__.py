@@ -32,7 +32,7 @@ from ..registry import Registry
 
 REPRODUCTIONS = Registry("reproduction")
 
-FAMILIES = ("self_distillation", "multi_teacher_feature_contrastive")
+FAMILIES = ("self_distillation", "multi_teacher_feature_contrastive", "generative", "sequence")
 
 
 @dataclass
