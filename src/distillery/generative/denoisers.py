@@ -29,7 +29,10 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .processes import PARAMETERISATIONS, Process
 
-DENOISERS = Registry("denoiser")
+#: Registered networks. The image networks (:mod:`.networks`) and the diffusers wrappers
+#: (:mod:`.diffusers_models`) register themselves when the registry is first read
+#: (:mod:`._networks` imports them; neither imports diffusers at module level).
+DENOISERS = Registry("denoiser", loader="distillery.generative._networks")
 
 
 class Denoiser(nn.Module):
@@ -117,12 +120,20 @@ class MLPDenoiser(nn.Module):
         layers.append(nn.Linear(width, dim))
         self.body = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         emb = self.time(t)
         if self.label is not None:
             labels = cond if cond is not None else torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.label(labels)
-        return self.body(torch.cat([x, emb], dim=-1))
+        return torch.cat([x, emb], dim=-1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.body(self._embed(x, t, cond))
+
+    def features(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Penultimate activations ``(B, hidden[-1])`` (after the last SiLU; ``(B, dim + time_dim)``,
+        the embedded input, when ``hidden`` is empty): what a GAN head or discriminator reads."""
+        return self.body[:-1](self._embed(x, t, cond))
 
 
 def build_denoiser_net(spec: dict[str, Any], sample_shape: tuple[int, ...], num_classes: int | None = None) -> nn.Module:

@@ -61,9 +61,11 @@ class Process:
         raise NotImplementedError
 
     def d_alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(alpha'(t), sigma'(t))``: time derivatives (forward-mode autodiff of
-        :meth:`alpha_sigma`, exact for these closed forms)."""
+        """``(alpha'(t), sigma'(t))``: time derivatives. The processes here override it with
+        closed forms; this default (for a user's process) is forward-mode autodiff of
+        :meth:`alpha_sigma`."""
         t = torch.as_tensor(t, dtype=torch.get_default_dtype() if not torch.is_tensor(t) else t.dtype)
+        t = t.contiguous()  # an expanded (stride-0) t, as Denoiser makes from a scalar, cannot carry a tangent
         _, (da, ds) = torch.func.jvp(self.alpha_sigma, (t,), (torch.ones_like(t),))
         return da, ds
 
@@ -161,6 +163,15 @@ def convert(process: Process, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Te
     return expand(da, x_t) * x0 + expand(ds, x_t) * eps
 
 
+def _vp_derivatives(process: Any, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(alpha', sigma')`` of a variance-preserving process from ``log alpha_bar`` and its
+    derivative ``d``: ``alpha' = d alpha / 2``, ``sigma' = -alpha^2 d / (2 sigma)``."""
+    t = torch.as_tensor(t, dtype=torch.get_default_dtype() if not torch.is_tensor(t) else t.dtype)
+    a, s = process.alpha_sigma(t)
+    d = process.d_log_alpha_bar(t)
+    return 0.5 * d * a, -(a**2) * d / (2 * s)
+
+
 @PROCESSES.register("vp")
 class VPProcess(Process):
     """Variance preserving: ``alpha^2 + sigma^2 = 1``; ``schedule`` ``linear`` or ``cosine``."""
@@ -184,6 +195,18 @@ class VPProcess(Process):
         f = torch.cos((t + s) / (1 + s) * math.pi / 2)
         f0 = math.cos(s / (1 + s) * math.pi / 2)
         return 2 * torch.log((f / f0).clamp_min(1e-4))  # alpha floored at 1e-4 near t = 1
+
+    def d_log_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """``d/dt log alpha_bar(t)`` in closed form (0 where the cosine schedule's floor holds)."""
+        if self.schedule == "linear":
+            return -(self.beta_min + (self.beta_max - self.beta_min) * t)
+        s = self.cosine_s
+        u = (t + s) / (1 + s) * math.pi / 2
+        floored = torch.cos(u) / math.cos(s / (1 + s) * math.pi / 2) <= 1e-4
+        return torch.where(floored, torch.zeros_like(t), -torch.tan(u) * math.pi / (1 + s))
+
+    def d_alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _vp_derivatives(self, t)
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=torch.get_default_dtype() if not torch.is_tensor(t) else t.dtype)
@@ -213,6 +236,11 @@ class EDMProcess(Process):
         lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         return (lo + t * (hi - lo)) ** self.rho
 
+    def d_alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.get_default_dtype() if not torch.is_tensor(t) else t.dtype)
+        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        return torch.zeros_like(t), self.rho * (lo + t * (hi - lo)) ** (self.rho - 1) * (hi - lo)
+
     def t_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`sigma`."""
         lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
@@ -241,6 +269,11 @@ class FlowProcess(Process):
     def shifted(self, t: torch.Tensor) -> torch.Tensor:
         return self.shift * t / (1 + (self.shift - 1) * t)
 
+    def d_alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.get_default_dtype() if not torch.is_tensor(t) else t.dtype)
+        ds = self.shift / (1 + (self.shift - 1) * t) ** 2
+        return -ds, ds
+
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=torch.get_default_dtype() if not torch.is_tensor(t) else t.dtype)
         s = self.shifted(t)
@@ -250,8 +283,82 @@ class FlowProcess(Process):
         return {"kind": "flow", "shift": self.shift, "t_min": self.t_min, "t_max": self.t_max}
 
 
+@PROCESSES.register("vp_discrete")
+class DiscreteVPProcess(Process):
+    """Variance preserving with DDPM's discrete table ``alpha_bar_k = prod_{j<=k} (1 - beta_j)``,
+    ``k = 1..N`` (Ho et al. 2020, arXiv:2006.11239), at ``t = k / N``; ``log alpha_bar`` is
+    interpolated linearly between the table's points, with ``alpha_bar = 1`` at ``t = 0``.
+
+    diffusers indexes the same table from 0 (``scheduler.alphas_cumprod[k - 1]``, model
+    timestep ``k - 1 = N t - 1``); with that convention uniform steps ``t_i = 1 - i / steps``
+    are exactly diffusers' ``timestep_spacing="trailing"`` grid and ``t = 0`` its
+    ``set_alpha_to_one`` end. Built from ``alphas_cumprod`` (a length-``N`` sequence, as a
+    diffusers scheduler holds it) or from ``num_train_timesteps``, ``beta_start``, ``beta_end``
+    and ``beta_schedule`` (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``: diffusers' names).
+    """
+
+    name = "vp_discrete"
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", alphas_cumprod: Any = None, t_min: float = 0.0, t_max: float = 1.0) -> None:
+        check_interval(t_min, t_max)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        if alphas_cumprod is not None:
+            table = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+            self.params: dict[str, Any] = {"alphas_cumprod": table.tolist()}
+        else:
+            n = int(num_train_timesteps)
+            if n < 2:
+                raise ConfigError(f"vp_discrete process: num_train_timesteps must be at least 2, got {num_train_timesteps}.")
+            if beta_schedule == "linear":
+                betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
+            elif beta_schedule == "scaled_linear":
+                betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
+            elif beta_schedule == "squaredcos_cap_v2":
+                def f(u: float) -> float:  # Nichol & Dhariwal's alpha_bar, as diffusers' betas_for_alpha_bar
+                    return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+                betas = torch.tensor([min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+            else:
+                raise ConfigError(f"vp_discrete process: beta_schedule must be 'linear', 'scaled_linear' or "
+                                  f"'squaredcos_cap_v2', got {beta_schedule!r}.")
+            table = torch.cumprod(1.0 - betas, dim=0).double()  # float32 products, as diffusers computes them
+            self.params = {"num_train_timesteps": n, "beta_start": float(beta_start), "beta_end": float(beta_end),
+                           "beta_schedule": beta_schedule}
+        if table.numel() < 2 or not bool(((table > 0) & (table <= 1)).all()) or not bool((table[1:] <= table[:-1]).all()):
+            raise ConfigError("vp_discrete process: alphas_cumprod must be a decreasing sequence in (0, 1] of length >= 2.")
+        self.num_train_timesteps = table.numel()
+        # log alpha_bar at t = k / N, k = 0..N (k = 0: clean data, alpha_bar = 1)
+        self.log_table = torch.cat([torch.zeros(1, dtype=torch.float64), table.log()])
+
+    def log_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        n = self.num_train_timesteps
+        table = self.log_table.to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.float64)
+        u = (t * n).clamp(0, n)
+        k = u.detach().floor().clamp(max=n - 1)
+        i = k.long()
+        return table[i] + (u - k) * (table[i + 1] - table[i])
+
+    def d_log_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """The slope of the piecewise-linear ``log alpha_bar`` (the right-hand slope at knots)."""
+        n = self.num_train_timesteps
+        table = self.log_table.to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.float64)
+        i = (t * n).clamp(0, n).detach().floor().clamp(max=n - 1).long()
+        return (table[i + 1] - table[i]) * n
+
+    def d_alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _vp_derivatives(self, t)
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.get_default_dtype() if not torch.is_tensor(t) else t.dtype)
+        lab = self.log_alpha_bar(t)
+        return torch.exp(0.5 * lab), torch.sqrt(-torch.expm1(lab)).clamp_min(1e-12)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "vp_discrete", **self.params, "t_min": self.t_min, "t_max": self.t_max}
+
+
 def build_process(spec: dict[str, Any] | Process | None) -> Process:
-    """A process from ``{"kind": "vp" | "edm" | "flow", **params}`` (default: flow)."""
+    """A process from ``{"kind": "vp" | "vp_discrete" | "edm" | "flow", **params}`` (default: flow)."""
     if isinstance(spec, Process):
         return spec
     spec = dict(spec or {"kind": "flow"})

@@ -1,0 +1,3 @@
+"""Imports the modules that register networks in :data:`.denoisers.DENOISERS` (its loader)."""
+
+from . import diffusers_models, networks  # noqa: F401
