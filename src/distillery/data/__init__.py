@@ -63,3 +63,6 @@ __all__ = [
 from ..registry import import_submodules as _import_submodules  # noqa: E402
 
 _import_submodules(__name__, __path__)
+
+# the generative engine's datasets (mixture2d, digit_images) live with that engine
+from ..generative import data as _generative_data  # noqa: E402, F401
