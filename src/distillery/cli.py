@@ -7,6 +7,8 @@
     distillery demo [--quick] [--out DIR] [--overwrite]
     distillery list [--params [NAME]]
     distillery report RUN_DIR
+    distillery sample RUN_DIR --steps N [--num K] [--seed S] [--out DIR] [--guidance W]
+    distillery generate RUN_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--seed S]
     distillery cache build CONFIG [--out DIR] [--set k=v] [--topk K] [--views V] [--overwrite]
     distillery cache verify DIR
     distillery reproduce NAME [--quick] [--seeds N] [--out DIR] [--docs DIR]
@@ -40,6 +42,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     path = bundled.resolve(args.config)
     cfg = load_config(path, args.set)
     out = Path(args.out) if args.out else Path("runs") / (cfg.name or path.stem)
+    if getattr(cfg, "engine", None) == "generative":
+        from .generative.run import run_generative
+
+        summary = run_generative(cfg, out, resume=args.resume, overwrite=args.overwrite)
+        for n, scores in summary.get("final", {}).items():
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in scores.items() if isinstance(v, float))
+            print(f"  {n} step(s): {shown}")
+        print(f"run finished: {out}  ({summary['steps']} steps, {summary['wall_s']:.1f}s)")
+        print(f"report: {out / 'report.md'}")
+        return 0
+    if getattr(cfg, "engine", None) == "sequence":
+        from .sequence.run import run_sequence
+
+        summary = run_sequence(cfg, out, resume=args.resume, overwrite=args.overwrite)
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in summary.get("final", {}).items() if isinstance(v, float))
+        print(f"run finished: {out}  ({summary['steps']} steps, {summary['wall_s']:.1f}s)  {shown}")
+        return 0
     summary = run(cfg, out, resume=args.resume, overwrite=args.overwrite)
     final = summary.get("final", {})
     parts = [f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float)]
@@ -54,6 +73,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     path = bundled.resolve(args.config)
     cfg = load_config(path, args.set)
+    if getattr(cfg, "engine", None) == "generative":
+        from .generative.run import validate_generative
+
+        print("\n".join(validate_generative(cfg, name=f"{cfg.name or path.stem} ({path})").lines()))
+        return 0
+    if getattr(cfg, "engine", None) == "sequence":
+        from .sequence.run import validate_sequence
+
+        print("\n".join(validate_sequence(cfg, name=f"{cfg.name or path.stem} ({path})").lines()))
+        return 0
     print("\n".join(validate(cfg, name=f"{cfg.name or path.stem} ({path})").lines()))
     return 0
 
@@ -140,9 +169,28 @@ def _list_configs() -> None:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .evaluation.report import write_report
+    from .generative.report import is_generative_run, write_generative_report
 
-    path = write_report(Path(args.run_dir))
+    path = (write_generative_report if is_generative_run(Path(args.run_dir)) else write_report)(Path(args.run_dir))
     print(f"report: {path}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .generative.sample import sample_run
+
+    result = sample_run(Path(args.run_dir), steps=args.steps, num=args.num, seed=args.seed,
+                        out=Path(args.out) if args.out else None, guidance=args.guidance)
+    print(f"samples: {result['samples']}")
+    print(f"picture: {result['png']}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .sequence.generate import generate_text
+
+    print(generate_text(Path(args.run_dir), args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        seed=args.seed))
     return 0
 
 
@@ -245,6 +293,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--docs", metavar="FILE", help="also write the table into FILE's generated block (BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("sample", help="sample a trained generative run: samples.safetensors and samples.png")
+    p.add_argument("run_dir", help="the run directory of a generative run")
+    p.add_argument("--steps", type=int, required=True, help="sampling steps (network evaluations per sample for one-step solvers)")
+    p.add_argument("--num", type=int, default=1000, help="number of samples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0)")
+    p.add_argument("--out", help="output folder (default: <run_dir>/sample_steps<N>)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (class-conditional runs)")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("generate", help="complete a prompt with the student of a trained sequence run")
+    p.add_argument("run_dir", help="the run directory of a sequence run")
+    p.add_argument("--prompt", required=True, help="the prompt text (<bos> is added as in training)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate at most (default: the run's eval/train setting)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("report", help="write report.md with plots for a run directory")
     p.add_argument("run_dir")

@@ -231,7 +231,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
-    """Validate a raw dict; a failure is a ConfigError naming every bad key."""
+    """Validate a raw dict; a failure is a ConfigError naming every bad key. A config with
+    ``engine: generative`` is a :class:`~distillery.generative.config.GenerativeConfig`."""
+    if isinstance(raw, dict) and raw.get("engine") == "generative":
+        from ..generative.config import parse_generative_config
+
+        return parse_generative_config(raw, source)  # type: ignore[return-value]
+    if isinstance(raw, dict) and raw.get("engine") == "sequence":
+        from ..sequence.config import parse_sequence_config
+
+        return parse_sequence_config(raw, source)  # type: ignore[return-value]
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

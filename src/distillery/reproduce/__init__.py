@@ -71,6 +71,14 @@ class Context:
         from ..runner import run
 
         cfg = parse_config(raw_config, f"{name} config")
+        if getattr(cfg, "engine", None) == "generative":
+            from ..generative.run import run_generative
+
+            summary = run_generative(cfg, self.out / name, overwrite=True, report=False)
+            shown = "; ".join(f"{n} step(s): " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items() if isinstance(v, float))
+                              for n, scores in summary.get("final", {}).items())
+            self.log(f"  {name}: {shown} ({summary['wall_s']:.1f}s)")
+            return summary
         summary = run(cfg, self.out / name, overwrite=True, report=False)
         final = summary["final"]
         metric = "R@1" if "accuracy" not in final and "r1" in final else "accuracy"  # dual encoders: retrieval

@@ -1,0 +1,406 @@
+"""The generative step loop: several players, each with its own optimizer, in a fixed order.
+
+One training step updates every player of the :class:`~.method.GenerativeMethod` in
+``method.players`` order, ``method.updates(player)`` times each (DMD2's two time scales); each
+update draws a fresh batch from an infinite, seeded, resumable stream over the training set,
+zeroes the gradients, computes the player's loss, refuses a non-finite one (naming the player
+and step; the last good checkpoint stays), backpropagates, averages the player's gradients over
+ranks, clips them and steps the player's optimizer and LR schedule. Then ``after_step`` (EMA
+updates).
+
+The loop reuses the existing engine's parts: :func:`~distillery.engine.trainer.build_optimizer`,
+:func:`~distillery.engine.trainer.build_scheduler`, the checkpoint helpers (atomic writes,
+sha256 digests, keep N, RNG of every rank), :class:`~distillery.engine.logger.MetricsLogger`
+(``metrics.jsonl`` and TensorBoard, records ``<player>/<figure>``) and the distributed helpers
+(gradients all-reduced with :func:`~distillery.engine.distributed.average_gradients`; each
+rank reads its slice of every global batch). A run resumed from a checkpoint ends with the
+same weights as an uninterrupted one.
+
+Evaluation (every ``eval.every`` steps and at the end, on rank 0): ``eval.num_samples``
+samples at each step count of ``eval.steps`` from a seeded generator (the global random state is
+restored afterwards, so evaluating never changes training), scored by the metrics of
+:mod:`distillery.generative.metrics` against the test split and saved as
+``samples/step<k>_nfe<n>.safetensors``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..batch import to_device
+from ..engine import checkpoint as ckpt
+from ..engine import distributed as D
+from ..engine.loading import make_loader
+from ..engine.logger import MetricsLogger
+from ..engine.trainer import _progress, build_optimizer, build_scheduler, resolve_device
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from .config import GenerativeConfig
+from .method import GenerativeMethod
+
+
+class BatchStream:
+    """An endless stream of this rank's slices of global batches (``drop_last``: every batch
+    full), epoch after epoch in the seeded order of :func:`~distillery.engine.loading.make_loader`;
+    its position ``(epoch, batch)`` is saved in checkpoints and restored on resume."""
+
+    def __init__(self, dataset: Any, global_batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        per_rank = D.per_rank_batch(global_batch)
+        self.loader, self.sampler = make_loader(dataset, per_rank, seed=seed, drop_last=True, rank=rank, world_size=world)
+        if self.sampler.global_batches() == 0:
+            raise ConfigError(f"data.batch_size = {global_batch} exceeds the {len(dataset)} training samples.")
+        self.epoch, self.batch = 0, 0
+        self._it: Any = None
+
+    def __next__(self) -> dict[str, Any]:
+        if self._it is None:
+            self.sampler.set_epoch(self.epoch, self.batch)
+            self._it = iter(self.loader)
+        try:
+            out = next(self._it)
+        except StopIteration:
+            self.epoch, self.batch = self.epoch + 1, 0
+            self.sampler.set_epoch(self.epoch, 0)
+            self._it = iter(self.loader)
+            out = next(self._it)
+        self.batch += 1
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch, self._it = int(state["epoch"]), int(state["batch"]), None
+
+
+def _metric_table() -> dict[str, Callable[..., dict[str, float]]]:
+    """Metric name -> ``fn(samples, reference, mixture) -> {figure: float}``, each resolved from
+    :mod:`distillery.generative.metrics` by name when called (a missing one fails clearly)."""
+
+    def get(name: str) -> Callable[..., Any]:
+        try:
+            from . import metrics as M
+        except ImportError as exc:
+            raise ConfigError(f"eval.metrics: {name!r} needs distillery.generative.metrics, which cannot be imported ({exc}).") from None
+        fn = getattr(M, name, None)
+        if fn is None:
+            raise ConfigError(f"eval.metrics: distillery.generative.metrics has no {name!r}; remove it from eval.metrics.")
+        return fn
+
+    def coverage(samples: torch.Tensor, reference: torch.Tensor, mixture: Any) -> dict[str, float]:
+        if mixture is None:
+            raise ConfigError("eval.metrics: 'mode_coverage' needs a Gaussian-mixture dataset (mixture2d).")
+        std = torch.as_tensor(mixture.stds).max().item()
+        out = get("mode_coverage")(samples, torch.as_tensor(mixture.means), std)
+        return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    return {
+        "sliced_wasserstein": lambda s, r, m: {"sliced_wasserstein": float(get("sliced_wasserstein")(s, r))},
+        "mmd": lambda s, r, m: {"mmd": float(get("mmd")(s, r))},
+        "mode_coverage": coverage,
+        "digits_fd": lambda s, r, m: {"digits_fd": float(get("digits_fd")(s, r))},
+    }
+
+
+class GenerativeTrainer:
+    """Trains ``method`` on ``data`` (a map-style dataset of ``{"x", "y"}``) as ``cfg.train`` says.
+
+    Args:
+        method: the method (its players, losses, sampling).
+        data: the training set.
+        cfg: the run's config (``train``, ``eval``, ``seed``, ``data.batch_size``).
+        run_dir: where logs, checkpoints, samples and outputs go (``None``: nothing written).
+        reference: ``(N, *shape)`` data the evaluation metrics compare samples with.
+        mixture: the data's Gaussian mixture (``mode_coverage``), if any.
+        stop_after_steps: end after this many steps with a normal checkpoint (tests of resume).
+    """
+
+    def __init__(self, method: GenerativeMethod, data: Any, cfg: GenerativeConfig, run_dir: str | Path | None = None, *,
+                 reference: torch.Tensor | None = None, mixture: Any = None, num_classes: int | None = None,
+                 stop_after_steps: int | None = None) -> None:
+        self.cfg, self.data, self.reference, self.mixture = cfg, data, reference, mixture
+        self.num_classes = num_classes
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.stop_after_steps = stop_after_steps
+        self.device = D.device_for_rank(resolve_device(cfg.train.device))
+        self.method = method.to(self.device)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.last_checkpoint: Path | None = None
+        table = _metric_table()
+        self.metrics = {name: table[name] for name in cfg.eval.metrics}
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _set_up(self, resume: bool) -> float:
+        cfg, m = self.cfg, self.method
+        self.world, self.rank = D.world_size(), D.rank()
+        self.stream = BatchStream(self.data, cfg.data.batch_size, cfg.seed, self.rank, self.world)
+        self.params = {p: m.parameters_of(p) for p in m.players}
+        for player, params in self.params.items():
+            if not params:
+                raise ConfigError(f"method {cfg.method.kind!r}: player {player!r} has no trainable parameters.")
+        unknown = sorted(set(cfg.train.optimizers) - set(m.players))
+        if unknown:
+            raise ConfigError(f"train.optimizers: {', '.join(map(repr, unknown))} is not a player of method {cfg.method.kind!r} "
+                              f"(its players: {', '.join(m.players)}).")
+        self.optimizers = {p: build_optimizer(self.params[p], cfg.train.optimizer_for(p)) for p in m.players}
+        sched = cfg.train.scheduler.model_dump()
+        self.schedulers = {p: build_scheduler(self.optimizers[p], sched, cfg.train.steps * m.updates(p)) for p in m.players}
+        self.ckpt_root = self.run_dir / "checkpoints" if self.run_dir is not None else None
+        elapsed = 0.0
+        if resume:
+            elapsed = self._resume()
+        elif self.world > 1:
+            self._broadcast()
+        self.logger = None
+        if self.run_dir is not None and self.rank == 0:
+            self.logger = MetricsLogger(self.run_dir, cfg.train.tensorboard, resume_step=self.step if resume else None)
+        return elapsed
+
+    def _broadcast(self) -> None:
+        """The same start on every rank: rank 0's trainable state (not the frozen teacher)."""
+        import torch.distributed as dist
+
+        skip = self.method.frozen_prefixes()
+        with torch.no_grad():
+            for name, tensor in list(self.method.named_parameters()) + list(self.method.named_buffers()):
+                if not name.startswith(skip):
+                    dist.broadcast(tensor.data, src=0)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train ``cfg.train.steps`` steps (from the last checkpoint with ``resume``); returns the
+        summary, also written to ``summary.json`` with the exported weights."""
+        elapsed = self._set_up(resume)
+        t0 = time.perf_counter() - elapsed
+        total, m = self.cfg.train.steps, self.method
+        bar = _progress(total - self.step, f"{self.cfg.name or 'generative'}", self.cfg.train.progress and self.rank == 0)
+        m.train()
+        stopped = False
+        try:
+            while self.step < total:
+                figures = self._train_step(self.step)
+                self.step += 1
+                bar.update(1)
+                self._log(figures, bar)
+                final = self.step == total
+                every = self.cfg.train.eval_every
+                if final or (every and self.step % every == 0):
+                    self._evaluate()
+                stop = self.stop_after_steps is not None and self.step >= self.stop_after_steps
+                every = self.cfg.train.checkpoint_every
+                if final or stop or (every and self.step % every == 0):
+                    self._checkpoint(time.perf_counter() - t0)
+                if stop and not final:
+                    stopped = True
+                    break
+        finally:
+            bar.close()
+            if self.logger is not None:
+                self.logger.close()
+        return self._finish(time.perf_counter() - t0, stopped)
+
+    def _train_step(self, step: int) -> dict[str, float]:
+        """Every player's updates at ``step`` (0-based), then ``after_step``; returns the figures."""
+        m, figures = self.method, {}
+        for player in m.players:
+            k = m.updates(player)
+            sums: dict[str, float] = {}
+            for _ in range(k):
+                batch = to_device(next(self.stream), self.device)
+                m.zero_grad(set_to_none=True)
+                loss, figs = m.loss(player, batch, step)
+                self._check_finite(player, loss, step)
+                loss.backward()
+                D.average_gradients(self.params[player])
+                if self.cfg.train.grad_clip is not None:
+                    norm = float(torch.nn.utils.clip_grad_norm_(self.params[player], self.cfg.train.grad_clip))
+                    if not math.isfinite(norm):
+                        raise NonFiniteLossError(
+                            f"The gradient norm of player {player!r} became {norm} at step {step + 1} although its loss was finite. "
+                            f"Training stopped; {self._kept()}")
+                    sums["param_grad_norm"] = sums.get("param_grad_norm", 0.0) + norm
+                self.optimizers[player].step()
+                self.schedulers[player].step()
+                for key, value in figs.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+            figures.update({f"{player}/{key}": value / k for key, value in sums.items()})
+            figures[f"{player}/lr"] = self.optimizers[player].param_groups[0]["lr"]
+        m.zero_grad(set_to_none=True)
+        m.after_step(step)
+        return figures
+
+    def _check_finite(self, player: str, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach()
+        bad = not bool(torch.isfinite(value).all())
+        if self.world > 1:
+            bad = D.any_rank(bad)
+        if bad:
+            raise NonFiniteLossError(
+                f"The loss of player {player!r} became {float(value) if value.numel() == 1 else 'non-finite'} at step {step + 1}. "
+                f"Training stopped; {self._kept()} Lower the learning rate of this player "
+                f"(train.optimizers.{player}.lr), add train.grad_clip, or check the method's params.")
+
+    def _kept(self) -> str:
+        if self.last_checkpoint is not None:
+            return f"the last good checkpoint {self.last_checkpoint} is kept (continue from it with --resume)."
+        return "no checkpoint had been written yet."
+
+    def _log(self, figures: dict[str, float], bar: Any) -> None:
+        every = self.cfg.train.log_every
+        if self.step % every and self.step != self.cfg.train.steps:
+            return
+        tensors = {k: torch.tensor(float(v)) for k, v in figures.items()}
+        means = D.mean_over_ranks(tensors)  # collective: every rank takes part
+        if self.logger is None:
+            return
+        record: dict[str, Any] = {"split": "train", "step": self.step}
+        record.update({k: float(v) for k, v in means.items()})
+        self.logger.log(record)
+        losses = {k: v for k, v in record.items() if k.endswith("/loss")}
+        if losses:
+            bar.set_postfix(**{k.split("/")[0]: f"{v:.4f}" for k, v in losses.items()})
+
+    # -- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, steps: int, seed: int) -> tuple[torch.Tensor, int, float]:
+        """``(samples (n, *shape) on CPU, measured NFE, seconds)``: ``n`` samples in ``steps`` steps
+        from a generator seeded with ``seed``; the global random state is left as it was."""
+        m = self.method
+        was = m.training
+        m.eval()
+        calls = [0]
+        hooks = [mod.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1)) for mod in m.exported().values()]
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                g = torch.Generator().manual_seed(seed)
+                cond = None
+                if self.num_classes:
+                    cond = torch.arange(n) % self.num_classes
+                start = time.perf_counter()
+                x = m.sample(n, steps, cond=cond, generator=g, device=self.device)
+                seconds = time.perf_counter() - start
+        finally:
+            for h in hooks:
+                h.remove()
+            m.train(was)
+        return x.detach().float().cpu(), calls[0], seconds
+
+    def _evaluate(self) -> None:
+        if self.rank != 0 or not self.cfg.eval.steps:
+            return
+        ev = self.cfg.eval
+        record: dict[str, Any] = {"split": "eval", "step": self.step}
+        entry: dict[str, Any] = {"step": self.step, "results": {}}
+        for n in ev.steps:
+            x, nfe, seconds = self.sample(ev.num_samples, n, ev.seed)
+            scores: dict[str, float] = {"nfe": nfe, "seconds_per_sample": seconds / max(ev.num_samples, 1)}
+            ref = self.reference if self.reference is not None else None
+            for name, fn in self.metrics.items():
+                if ref is None and name != "mode_coverage":
+                    raise ConfigError(f"eval.metrics: {name!r} compares samples with the test split, which this run has none of.")
+                scores.update(fn(x.reshape(x.shape[0], *x.shape[1:]), ref, self.mixture))
+            entry["results"][str(n)] = scores
+            record.update({f"{k}/steps{n}": v for k, v in scores.items()})
+            if self.run_dir is not None:
+                (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+                ckpt.save_state({"samples": x.contiguous()}, self.run_dir / "samples" / f"step{self.step}_nfe{n}.safetensors")
+        self.history.append(entry)
+        if self.logger is not None:
+            self.logger.log(record)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _checkpoint(self, elapsed: float) -> None:
+        if self.ckpt_root is None:
+            return
+        state = {
+            "step": self.step,
+            "data": self.stream.state(),
+            "schedulers": {p: s.state_dict() for p, s in self.schedulers.items()},
+            "elapsed": elapsed,
+            "history": self.history,
+            "world_size": self.world,
+            "rng_per_rank": D.all_gather_objects(ckpt.rng_state()),
+        }
+        if D.is_main():
+            model_state = {k: v.detach().cpu().clone().contiguous() for k, v in self.method.trainable_state().items()}
+            optim: dict[str, Any] = {"state": {}, "param_groups": {}, "keyed_by": "player"}
+            for player, opt in self.optimizers.items():
+                sd = opt.state_dict()
+                optim["param_groups"][player] = sd["param_groups"]
+                for idx, entry in sd["state"].items():
+                    optim["state"][f"{player}/{idx}"] = entry
+            self.last_checkpoint = ckpt.save_checkpoint(self.ckpt_root, self.step, model_state, optim, state,
+                                                        keep=self.cfg.train.keep_checkpoints)
+        D.barrier()
+
+    def _resume(self) -> float:
+        from safetensors.torch import load_file
+
+        path = ckpt.latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
+        if path is None:
+            raise CheckpointError(f"--resume was given but {self.ckpt_root} holds no checkpoint to resume from.")
+        state = ckpt.verify_checkpoint(path)
+        try:
+            weights = load_file(str(path / "model.safetensors"))
+            tensors = load_file(str(path / "optimizer.safetensors"))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files
+            raise CheckpointError(f"Could not read the checkpoint {path}: {exc}") from None
+        missing, unexpected = self.method.load_state_dict({k: v.to(self.device) for k, v in weights.items()}, strict=False)
+        missing = [k for k in missing if not k.startswith(self.method.frozen_prefixes())]
+        if missing or unexpected:
+            raise CheckpointError(f"The checkpoint {path} does not match this run's method: missing keys {sorted(missing)[:8]}, "
+                                  f"unexpected keys {sorted(unexpected)[:8]}. Resume with the config the run was started with.")
+        meta = state["optimizer"]
+        per_player: dict[str, dict[int, dict[str, Any]]] = {p: {} for p in self.optimizers}
+        for full, value in tensors.items():
+            key, name = full.split(ckpt.SEP, 1)
+            player, idx = key.split("/")
+            per_player.setdefault(player, {}).setdefault(int(idx), {})[name] = value
+        for key, entry in meta.get("scalars", {}).items():
+            player, idx = key.split("/")
+            per_player.setdefault(player, {}).setdefault(int(idx), {}).update(entry)
+        for player, opt in self.optimizers.items():
+            groups = meta["param_groups"].get(player)
+            if groups is None:
+                raise CheckpointError(f"The checkpoint {path} holds no optimizer of player {player!r}.")
+            try:
+                opt.load_state_dict({"state": per_player.get(player, {}), "param_groups": groups})
+                self.schedulers[player].load_state_dict(state["schedulers"][player])
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise CheckpointError(f"The optimizer state of player {player!r} in {path} does not match this run: {exc}") from None
+        self.stream.load(state["data"])
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        self.last_checkpoint = path
+        ckpt.restore_rng(state, self.rank, self.world, self.cfg.seed)
+        return float(state.get("elapsed", 0.0))
+
+    # -- the end ---------------------------------------------------------------------------
+    def _finish(self, wall: float, stopped: bool) -> dict[str, Any]:
+        m = self.method
+        last = self.history[-1] if self.history else {"results": {}}
+        summary = {
+            "engine": "generative",
+            "method": self.cfg.method.kind,
+            "steps": self.step,
+            "wall_s": wall,
+            "final": last["results"],
+            "nfe": {n: r.get("nfe") for n, r in last["results"].items()},
+            "describe": m.describe(),
+            "exported": list(m.exported()),
+            "complete": not stopped,
+            "world_size": self.world,
+        }
+        if self.run_dir is not None and not stopped and D.is_main():
+            for name, module in m.exported().items():
+                ckpt.save_state(ckpt.full_state_dict(module), self.run_dir / f"{name}.safetensors")
+            ckpt.atomic_write_json(self.run_dir / "summary.json", summary)
+        D.barrier()
+        return summary
