@@ -212,20 +212,22 @@ class GenerativeConfig(Strict):
 
 
 def load_methods() -> dict[str, str]:
-    """Import every module of :mod:`distillery.generative.objectives`, so that
+    """Import every module of :mod:`distillery.generative.objectives` (the engine's methods) and
+    of :mod:`distillery.recipes` (a paper's method registered by its recipe), so that
     :data:`~.method.METHODS` holds every method. Returns the modules that failed to import
     (``{module: error}``): one broken method module does not stop the others, and a method
     that is then unknown is reported with those errors."""
     import importlib
     import pkgutil
 
-    package = importlib.import_module("distillery.generative.objectives")
     failed: dict[str, str] = {}
-    for info in pkgutil.iter_modules(package.__path__):
-        try:
-            importlib.import_module(f"{package.__name__}.{info.name}")
-        except ImportError as exc:
-            failed[info.name] = f"{type(exc).__name__}: {exc}"
+    for name in ("distillery.generative.objectives", "distillery.recipes"):
+        package = importlib.import_module(name)
+        for info in pkgutil.iter_modules(package.__path__):
+            try:
+                importlib.import_module(f"{package.__name__}.{info.name}")
+            except ImportError as exc:
+                failed[info.name] = f"{type(exc).__name__}: {exc}"
     return failed
 
 

@@ -75,7 +75,8 @@ class Context:
             from ..generative.run import run_generative
 
             summary = run_generative(cfg, self.out / name, overwrite=True, report=False)
-            shown = "; ".join(f"{n} step(s): " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items() if isinstance(v, float))
+            keys = ("sliced_wasserstein", "coverage", "digits_fd")
+            shown = "; ".join(f"{n} step(s): " + ", ".join(f"{k} {scores[k]:.4g}" for k in keys if isinstance(scores.get(k), float))
                               for n, scores in summary.get("final", {}).items())
             self.log(f"  {name}: {shown} ({summary['wall_s']:.1f}s)")
             return summary
