@@ -3,7 +3,9 @@
 Every row is a ratio of two things measured side by side in the same process or run
 (medians of repeats after warm-up), never an absolute time, so rows can be compared across
 machines. Rows: ``engine_overhead``, ``cached_vs_student_only`` (+ ``online_vs_cached``),
-``chunked_vs_dense_memory`` and ``chunked_vs_dense_time``, ``ddp2_vs_1_throughput``. When a
+``chunked_vs_dense_memory`` and ``chunked_vs_dense_time``, ``ddp2_vs_1_throughput``, and the
+generative engine's ``onestep_vs_teacher_sampling`` (+ ``onestep_vs_teacher_sampling_images``
+outside ``--quick``), ``dmd_step_overhead`` and ``dmd_peak_memory`` (benchmarks/generative.py). When a
 CUDA device is present the rows that make sense on it run there too, named ``cuda/<row>``.
 Results go to ``DIR/bench.json`` as ``{"rows": [{"name", "ratio", "goal", "unit", "detail"}]}``
 and, as a markdown table, to ``DIR/bench.md``; ``--docs FILE`` also puts that table into the
@@ -43,12 +45,15 @@ def _chunked(quick: bool, device: str) -> list[dict[str, Any]]:
 
 
 def rows(quick: bool, device: str) -> list[tuple[str, Callable[[], Any]]]:
-    from benchmarks import cache_epoch, ddp_throughput, engine_overhead
+    from benchmarks import cache_epoch, ddp_throughput, engine_overhead, generative
 
     out: list[tuple[str, Callable[[], Any]]] = [
         ("engine_overhead", lambda: engine_overhead.benchmark(quick=quick, device=device)),
         ("cached_vs_student_only", lambda: cache_epoch.benchmark(quick=quick, device=device)),
         ("chunked_vs_dense", lambda: _chunked(quick, device)),
+        ("onestep_vs_teacher_sampling", lambda: generative.sampling_rows(quick, device)),
+        ("dmd_step_overhead", lambda: generative.dmd_step_overhead(device, quick=quick)),
+        ("dmd_peak_memory", lambda: generative.dmd_peak_memory(device, n=128 if quick else 256)),
     ]
     if device == "cpu":
         out.append(("ddp2_vs_1_throughput", lambda: ddp_throughput.benchmark(quick=quick)))
@@ -123,6 +128,17 @@ def _detail_text(row: dict[str, Any]) -> str:
         r = d["results"]
         return (f"peak {r['chunked']['peak_bytes'] / 2**20:.0f} MiB vs {r['dense']['peak_bytes'] / 2**20:.0f} MiB; "
                 f"{r['chunked']['time_s']:.2f} s vs {r['dense']['time_s']:.2f} s")
+    if name.startswith("onestep_vs_teacher_sampling"):
+        return (f"{d['samples']} samples ({d['net']}): 1-step student {d['student_nfe']} NFE {d['student_s'] * 1e3:.1f} ms "
+                f"vs {d['teacher_steps']}-step Heun teacher {d['teacher_nfe']} NFE {d['teacher_s'] * 1e3:.1f} ms")
+    if name == "dmd_step_overhead":
+        return "; ".join(f"{r['net']} batch {r['batch']}: method {r['method_step_ms']:.1f} ms vs hand {r['hand_step_ms']:.1f} ms "
+                         f"(ratio {r['ratio']:.3f})" for r in d["runs"]) + "; same losses checked"
+    if name == "dmd_peak_memory":
+        dmd, den = d["dmd"], d["denoising"]
+        return (f"{d['net']} batch {d['batch']}: DMD step {dmd['peak_bytes'] / 2**20:.1f} MiB (state {dmd['state_bytes'] / 2**20:.1f}) "
+                f"vs denoising step {den['peak_bytes'] / 2**20:.1f} MiB (state {den['state_bytes'] / 2**20:.1f}); "
+                f"working memory alone {d['step_ratio']:.3f}")
     if name == "ddp2_vs_1_throughput":
         return f"global batch {d.get('global_batch')}, {d.get('cpu_cores')} CPU cores shared by both processes"
     return ""

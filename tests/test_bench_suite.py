@@ -5,6 +5,8 @@ place, that the prose around it survives, and that a missed goal is marked as mi
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -42,3 +44,75 @@ def test_write_docs_replaces_only_the_generated_block(tmp_path):
     write_docs(_report(1.01), path)
     text = path.read_text()
     assert text.count(BLOCK_BEGIN) == 1 and "1.125" not in text and "1.010" in text
+
+
+# -- the generative rows (benchmarks/generative.py) on tiny sizes: the row functions run, the
+# hand-written DMD step does the method's work, and the memory accounting is exact where it can be
+
+
+def test_onestep_sampling_row_counts_evaluations():
+    from benchmarks.generative import onestep_vs_teacher_sampling
+
+    row = onestep_vs_teacher_sampling("mlp2d", 32, repeats=1, teacher_steps=3)
+    d = row["detail"]
+    assert row["name"] == "onestep_vs_teacher_sampling" and row["goal"] == 0.03
+    assert d["student_nfe"] == 1 and d["teacher_nfe"] == 5  # Heun: 2 * 3 - 1 (no correction at sigma = 0)
+    assert row["ratio"] == d["student_s"] / d["teacher_s"] > 0
+    assert "NFE" in format_markdown({**_report(1.0), "rows": [row]})
+
+
+def test_hand_dmd_step_computes_the_methods_losses():
+    import copy
+
+    import torch
+
+    from benchmarks.generative import ADAM, check_same_losses, hand_dmd_step, make_dmd
+
+    for net, n in (("mlp2d", 16), ("unet", 2)):
+        method = make_dmd(net)
+        fresh = copy.deepcopy(method)
+        losses = check_same_losses(method, n)  # raises when they differ
+        assert losses["method_fake"] == pytest.approx(losses["hand_fake"], rel=1e-4) and losses["hand_fake"] > 0
+        # the check has teeth: other draws give other losses
+        opts = [torch.optim.Adam(m.parameters(), **ADAM) for m in (fresh.generator, fresh.fake)]
+        torch.manual_seed(99)
+        f_loss, _ = hand_dmd_step(fresh.generator.net, fresh.fake.net, fresh.teacher.net, *opts, n,
+                                  tuple(fresh.generator.sample_shape), "cpu", fresh.t_range)
+        assert abs(float(f_loss) - losses["hand_fake"]) > 1e-6
+
+
+def test_dmd_step_overhead_row_runs():
+    from benchmarks.generative import dmd_step_overhead
+
+    row = dmd_step_overhead(sizes=(("mlp2d", 8),), steps=1, repeats=1, warmup=0)
+    run = row["detail"]["runs"][0]
+    assert row["goal"] == 1.05 and row["ratio"] == run["ratio"] > 0
+    assert run["losses_checked"]["method_generator"] == pytest.approx(run["losses_checked"]["hand_generator"], rel=1e-4)
+    assert "same losses checked" in format_markdown({**_report(1.0), "rows": [row]})
+
+
+def test_bf16_teacher_and_exact_state_bytes():
+    import torch
+
+    from benchmarks.generative import _training, make_dmd, method_step, state_bytes
+
+    method = make_dmd("mlp2d", teacher_bf16=True)
+    assert {p.dtype for p in method.teacher.parameters()} == {torch.bfloat16}
+    x = torch.randn(4, 2)
+    assert method.teacher.predict(x, torch.full((4,), 0.5), None, "x0").dtype == torch.float32
+
+    method, opts, batch = _training("denoising", "mlp2d", 8, "cpu")
+    method_step(method, opts, batch)
+    params = list(method.parameters())
+    # Adam: the weights, exp_avg and exp_avg_sq in float32, and a 0-d float32 step per tensor
+    assert state_bytes(method, opts) == sum(3 * 4 * p.numel() + 4 for p in params)
+
+
+def test_peak_memory_probe_in_process():
+    # (the CPU row runs this in a fresh subprocess, whose start alone takes ~10 s on a loaded
+    # machine: `python benchmarks/generative.py` exercises that path, not this test)
+    from benchmarks.generative import peak_memory_here
+
+    here = peak_memory_here("dmd", "mlp2d", 8)
+    assert here["peak_bytes"] >= here["state_bytes"] > here["parameter_bytes"] > 0
+    assert here["peak_bytes"] == here["state_bytes"] + here["step_bytes"]
