@@ -206,11 +206,26 @@ GENERATIVE_CONFIGS = [p for p in sorted((Path(__file__).resolve().parents[1] / "
                       if yaml.safe_load(p.read_text()).get("engine") == "generative"]
 
 
+def _shortened(path: Path, tmp_path: Path, extra: list[str] = ()) -> dict:
+    """Run a shipped config for 3 steps; a teacher given as a run directory (``teacher.kind:
+    run``) is first made by running the shipped config of that name, shortened too."""
+    raw = yaml.safe_load(path.read_text())
+    sets = ["train.steps=3", "train.log_every=1", "train.eval_every=null", "train.checkpoint_every=null", "eval.steps=[1]",
+            "eval.num_samples=32", "eval.metrics=[]", "data.batch_size=64", "train.progress=false",
+            "train.tensorboard=false", *extra]
+    if raw["data"]["dataset"] == "mixture2d":
+        sets.append("data.params.n_train=512")
+    teacher = raw.get("teacher") or {}
+    if teacher.get("kind") == "run":
+        source = path.parent / f"{Path(teacher['run']).name}.yaml"
+        assert source.is_file(), f"{path.name}: its teacher run {teacher['run']} has no shipped config {source.name}"
+        _shortened(source, tmp_path / "teacher_run")
+        sets.append(f"teacher.run={tmp_path / 'teacher_run' / 'run'}")
+    cfg = load_config(path, sets)
+    return run_generative(cfg, tmp_path / "run", report=False)
+
+
 @pytest.mark.parametrize("path", GENERATIVE_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_generative_config_runs_shortened(path, tmp_path):
-    sets = ["train.steps=3", "train.log_every=1", "train.eval_every=null", "train.checkpoint_every=null", "eval.steps=[1]",
-            "eval.num_samples=32", "eval.metrics=[]", "data.params.n_train=512", "data.batch_size=64",
-            "train.progress=false", "train.tensorboard=false"]
-    cfg = load_config(path, sets)
-    summary = run_generative(cfg, tmp_path / "run", report=False)
+    summary = _shortened(path, tmp_path)
     assert summary["complete"] and summary["steps"] == 3

@@ -153,7 +153,7 @@ def flat_dim(sample_shape: tuple[int, ...]) -> int:
 @METHODS.register("gan")
 class AdversarialDistillation(GenerativeMethod):
     """Distribution-level (GAN-only) distillation of a one-step generator (as GDD, Zheng & Yang
-    2024, arXiv:2405.14822): the student, initialised from the teacher, maps prior noise to a
+    2024, arXiv:2405.20750): the student, initialised from the teacher, maps prior noise to a
     sample in one evaluation (its ``x0`` prediction at ``t_max``); a
     :class:`TimeAwareDiscriminator` tells noised real data from noised student samples at a
     random ``t`` in ``[t_min, d_time_max]``.
