@@ -1,0 +1,305 @@
+"""``distillery run`` / ``validate`` on a sequence config (``engine: sequence``).
+
+:func:`build_sequence` builds data, tokenizer, student and teacher (what run, validate and
+``generate`` share); :func:`run_sequence` trains in a run directory made and guarded as for the
+other engines (:func:`~distillery.runner.prepare_run_dir`): ``config.yaml`` first, then
+``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``, the student (:mod:`.generate`) and
+``summary.json`` with the final task accuracy. ``--resume`` accepts only the changes in
+:data:`~.config.RESUMABLE_CHANGES`; a start that fails before anything worth keeping was written
+removes its run directory; a later failure keeps the checkpoints and writes ``failed.json``.
+
+Bad input is a :class:`~distillery.errors.ConfigError` / ``DataError`` (exit status 2): a JSONL
+line without the fields (its line number), an empty completion, an example longer than the
+context, a teacher whose vocabulary differs from the student's without ``divergence.alignment``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine import checkpoint as ckpt
+from ..engine import distributed as D
+from ..errors import ConfigError, DataError, RunDirError
+from .config import RESUMABLE_CHANGES, SequenceConfig
+from .tasks import Example, compare_answer
+
+
+@dataclass
+class SequenceBuild:
+    """Everything a sequence config builds before its first step."""
+
+    tokenizer: Any
+    train: list[Example]
+    eval_set: list[Example]
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    verify: Callable[[str, str], tuple[float, str]]
+    student: nn.Module
+    teacher: Any
+    context: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _examples(cfg: SequenceConfig) -> tuple[list[Example], list[Example], Callable[[str, str], tuple[float, str]], str]:
+    """Train and eval examples, the verifier and the task's alphabet ('' for JSONL data)."""
+    d = cfg.data
+    if d.task is not None:
+        from .tasks import build_task
+
+        task = build_task({"kind": d.task.name, "params": dict(d.task.params)})
+        train = task.sample(d.num_train, torch.Generator().manual_seed(cfg.seed))
+        eval_set = task.sample(cfg.eval.num_examples, torch.Generator().manual_seed(cfg.eval.seed))
+        return train, eval_set, task.verify, task.alphabet
+    from .data import read_prompt_completion_jsonl
+
+    keys = {"prompt_key": d.prompt_key, "completion_key": d.completion_key}
+    train = [Example(x.prompt, x.completion) for x in read_prompt_completion_jsonl(d.path, **keys)]
+    if d.eval_path is not None:
+        eval_set = [Example(x.prompt, x.completion) for x in read_prompt_completion_jsonl(d.eval_path, **keys)]
+    else:
+        eval_set = train[: cfg.eval.num_examples]
+    answers = {ex.prompt: ex.answer for ex in [*train, *eval_set]}
+
+    def verify(prompt: str, completion: str) -> tuple[float, str]:  # exact match with the reference completion
+        return compare_answer(answers[prompt], completion)
+
+    return train, eval_set[: cfg.eval.num_examples], verify, ""
+
+
+def build_tokenizer(cfg: SequenceConfig, train: list[Example], eval_set: list[Example], alphabet: str):
+    from .tokenizers import CharTokenizer, train_bpe
+
+    texts = [t for ex in [*train, *eval_set] for t in (ex.prompt, ex.answer)]
+    if cfg.tokenizer.kind == "bpe":
+        return train_bpe(texts + ([cfg.tokenizer.extra] if cfg.tokenizer.extra else []), cfg.tokenizer.vocab_size)
+    chars = alphabet or "".join(sorted(set("".join(texts))))
+    return CharTokenizer(chars + cfg.tokenizer.extra)
+
+
+def build_sequence(cfg: SequenceConfig) -> SequenceBuild:
+    """Build data, tokenizer, student and teacher as ``cfg`` says (seeded: every rank builds
+    the same weights); checks the lengths against the context and the vocabularies."""
+    from .models import as_causal_lm
+    from .teachers import SequenceTeacher, resolve_prompt_fn
+
+    train, eval_set, verify, alphabet = _examples(cfg)
+    tok = build_tokenizer(cfg, train, eval_set, alphabet)
+    prompts, completions = [], []
+    for i, ex in enumerate(train):
+        where = f"data example {i + 1}" + (f" ({cfg.data.path}, example {i + 1})" if cfg.data.path else "")
+        try:
+            prompts.append(tok.encode(ex.prompt, add_bos=True))
+            body = tok.encode(ex.answer)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if not body:
+            raise DataError(f"{where}: the completion of prompt {ex.prompt[:40]!r} is empty; every example needs a completion.")
+        completions.append(body + [tok.eos_id])
+    student = _build_model(cfg.student, tok.vocab_size, cfg.seed, "student")
+    lm = as_causal_lm(student)
+    context = int(lm.max_len)
+    if int(lm.vocab_size) < tok.vocab_size:
+        raise ConfigError(f"student: the model's vocabulary has {int(lm.vocab_size)} tokens but the tokenizer has "
+                          f"{tok.vocab_size}; remove the vocab size from student.params (it defaults to the tokenizer's).")
+    _check_lengths(cfg, train, prompts, completions, context)
+    teacher = None
+    if cfg.teacher is not None:
+        t = cfg.teacher
+        t_lm = None
+        if t.model is not None:
+            t_lm = _build_model(t.model, tok.vocab_size, cfg.seed + 1, "teacher.model")
+        elif t.run is not None:
+            t_lm = _load_teacher_run(Path(t.run), tok)
+        prompt_fn = resolve_prompt_fn(t.privileged.prompt) if t.privileged is not None else None
+        teacher = SequenceTeacher(t_lm, student, sync=t.sync, decay=t.decay, every=t.every, prompt_fn=prompt_fn)
+        t_vocab, s_vocab = teacher.vocab_size, int(lm.vocab_size)
+        if t_vocab != s_vocab and cfg.divergence.alignment is None and cfg.divergence.kind != "ce":
+            raise ConfigError(
+                f"teacher and student vocabularies differ ({t_vocab} and {s_vocab} tokens) and no alignment is set: the "
+                "per-token divergences compare the same token ids. Set divergence.alignment: uld (ULD's sorted-probability "
+                "distance, Boizard et al., 2024), or give the teacher the student's vocabulary.")
+        if t_vocab < tok.vocab_size:
+            raise ConfigError(f"teacher: its vocabulary of {t_vocab} tokens cannot read this run's {tok.vocab_size}-token "
+                              "tokenizer (the teacher scores the student's token ids).")
+    return SequenceBuild(tok, train, eval_set, prompts, completions, verify, student, teacher, context)
+
+
+def _build_model(spec: Any, vocab: int, seed: int, where: str) -> nn.Module:
+    from .models import build_lm
+
+    try:
+        return build_lm(spec.spec(vocab, seed=seed))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _load_teacher_run(run: Path, tok: Any) -> nn.Module:
+    from .generate import load_run_student
+
+    _, lm, t_tok = load_run_student(run)
+    if t_tok.id_to_token != tok.id_to_token:
+        raise ConfigError(f"teacher.run: the teacher's tokenizer ({run / 'tokenizer.json'}, {t_tok.vocab_size} tokens) differs "
+                          f"from this run's ({tok.vocab_size} tokens). The teacher scores the student's token ids, so it needs "
+                          "the same tokenizer: use the data and tokenizer settings of the teacher's run. (divergence.alignment: "
+                          "uld covers a teacher with a larger vocabulary over the same token ids; re-tokenizing the text for a "
+                          "teacher with its own tokenizer is not supported yet.)")
+    return lm
+
+
+def _check_lengths(cfg: SequenceConfig, train: list[Example], prompts: list[list[int]], completions: list[list[int]],
+                   context: int) -> None:
+    """Every batch must fit the context: prompts are left-padded to the longest prompt and
+    completions (dataset or sampled) right-padded to the longest completion."""
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    p_max = len(prompts[longest])
+    new = cfg.train.max_new_tokens if cfg.mode in ("on_policy", "gkd", "sequence_kd") else 0
+    c_max = max(len(c) for c in completions) if cfg.mode in ("supervised", "gkd") else 0
+    need = p_max + max(new, c_max)
+    if p_max >= context:
+        raise ConfigError(f"data: the prompt of example {longest + 1} ({train[longest].prompt[:40]!r}) has {p_max} tokens, "
+                          f"not shorter than the student's context of {context} tokens; shorten the prompts or give the student "
+                          "a longer context (max_len / n_positions).")
+    if need > context:
+        what = f"train.max_new_tokens ({new})" if new >= c_max else f"the longest completion ({c_max} tokens)"
+        raise ConfigError(f"data: the longest prompt ({p_max} tokens, example {longest + 1}) plus {what} = {need} tokens exceeds "
+                          f"the student's context of {context} tokens; lower train.max_new_tokens, shorten the data, or give "
+                          "the student a longer context (max_len / n_positions).")
+    eval_new = cfg.eval.max_new_tokens or cfg.train.max_new_tokens
+    if p_max + eval_new > context:
+        raise ConfigError(f"eval.max_new_tokens: the longest prompt ({p_max} tokens) plus {eval_new} new tokens exceeds the "
+                          f"student's context of {context} tokens.")
+
+
+# --------------------------------------------------------------------------------------
+# run directory
+# --------------------------------------------------------------------------------------
+
+
+def dump_sequence_config(cfg: SequenceConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def check_resumed_sequence_config(out: Path, cfg: SequenceConfig) -> list[str]:
+    """Refuse differences from the stored config outside :data:`RESUMABLE_CHANGES`."""
+    import yaml
+
+    from ..runner import _differences, _short
+
+    stored_file = Path(out) / "config.yaml"
+    try:
+        stored = yaml.safe_load(stored_file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RunDirError(f"Cannot read the stored config {stored_file} of the run to resume: {exc}") from None
+    changed = _differences(stored, yaml.safe_load(dump_sequence_config(cfg)))
+    refused = [(k, a, b) for k, a, b in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+    if refused:
+        listed = "; ".join(f"{k}: {_short(a)} in the run, {_short(b)} now" for k, a, b in refused[:12])
+        raise RunDirError(f"--resume: the config differs from the one the run in {out} was started with: {listed}. Nothing was "
+                          f"changed. Resume with the run's own config ({stored_file}), or start a new run (another --out). "
+                          f"Keys a resume may change: {', '.join(RESUMABLE_CHANGES)}.")
+    return [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in changed]
+
+
+def make_trainer(cfg: SequenceConfig, out: Path | None, *, stop_after_steps: int | None = None):
+    from ..engine.trainer import seed_everything
+    from .trainer import SequenceTrainer
+
+    seed_everything(cfg.seed)
+    return SequenceTrainer(cfg, build_sequence(cfg), out, stop_after_steps=stop_after_steps)
+
+
+def run_sequence(cfg: SequenceConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
+                 stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Execute a sequence run; returns its summary. Under torchrun every process calls this;
+    rank 0 alone writes the run directory."""
+    from ..engine.trainer import resolve_device
+    from ..runner import _remove_failed_start, prepare_run_dir
+
+    resolve_device(cfg.train.device)
+    D.init_from_env(cfg.train.device)
+    kept_folder = Path(out).is_dir() and not any(Path(out).iterdir())
+    out = D.on_main(lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
+    if resume and D.is_main():
+        changes = check_resumed_sequence_config(out, cfg)
+        if changes:
+            print(f"resuming {out} with changed settings: {'; '.join(changes)}")
+    trainer = None
+    try:
+        if D.is_main():
+            ckpt.atomic_write_text(out / "config.yaml", dump_sequence_config(cfg))
+            (out / "failed.json").unlink(missing_ok=True)
+        trainer = make_trainer(cfg, out, stop_after_steps=stop_after_steps)
+        return trainer.fit(resume=resume and ckpt.latest_checkpoint(out / "checkpoints") is not None)
+    except Exception as exc:  # not KeyboardInterrupt: an interrupted run stays, to be resumed
+        if D.is_main():
+            if not resume:
+                _remove_failed_start(out, keep_folder=kept_folder)
+            if out.is_dir() and any(out.rglob("step-*")):
+                ckpt.atomic_write_json(out / "failed.json", {
+                    "error": type(exc).__name__, "message": str(exc), "step": getattr(trainer, "step", None),
+                    "last_checkpoint": str(getattr(trainer, "last_checkpoint", None)), "time": time.time()})
+        raise
+
+
+@dataclass
+class SequenceValidation:
+    """What ``distillery validate`` found on a sequence config; :meth:`lines` prints it."""
+
+    name: str
+    lines_: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [f"config {self.name}: OK (sequence)", *self.lines_]
+
+
+def validate_sequence(cfg: SequenceConfig, name: str = "config") -> SequenceValidation:
+    """Build everything and compute one batch's loss (and backward) in each kind of step the
+    mode uses, without an optimizer step; nothing is written."""
+    from ..engine.trainer import seed_everything
+    from .trainer import SequenceTrainer
+
+    report = SequenceValidation(name)
+    out = report.lines_
+    start = time.perf_counter()
+    seed_everything(cfg.seed)
+    built = build_sequence(cfg)
+    tok = built.tokenizer
+    n_params = sum(p.numel() for p in built.student.parameters())
+    n_train = sum(p.numel() for p in built.student.parameters() if p.requires_grad)
+    src = f"task {cfg.data.task.name}" if cfg.data.task is not None else f"{cfg.data.path}"
+    out.append(f"data: {src}, {len(built.train)} training examples, {len(built.eval_set)} eval examples; "
+               f"longest prompt {max(map(len, built.prompts))} tokens, longest completion {max(map(len, built.completions))}")
+    out.append(f"tokenizer: {cfg.tokenizer.kind}, {tok.vocab_size} tokens")
+    out.append(f"student: {type(built.student).__name__}, {n_params:,} parameters ({n_train:,} trainable), context {built.context}")
+    if built.teacher is not None:
+        out.append(f"teacher: sync {built.teacher.sync}, vocabulary {built.teacher.vocab_size}"
+                   + (", privileged prompt" if built.teacher.prompt_fn is not None else ""))
+    trainer = SequenceTrainer(cfg, built, None)
+    trainer.world, trainer.rank = 1, 0
+    trainer.completions = trainer.teacher_completions() if cfg.mode == "sequence_kd" else built.completions
+    indices = list(range(min(cfg.train.batch_size, len(built.train))))
+    kinds = {"supervised": [False], "sequence_kd": [False], "on_policy": [True], "gkd": [False, True]}[cfg.mode]
+    for on_policy in kinds:
+        r, extra = trainer.batch_for(indices, 0, on_policy)
+        built.student.zero_grad(set_to_none=True)
+        total, figures = trainer.loss_of(r, extra, on_policy)
+        loss = total / r.completion_mask.sum().clamp(min=1)
+        loss.backward()
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in figures.items())
+        out.append(f"{'on-policy' if on_policy else 'dataset'} batch: completions {tuple(r.completion.shape)}, "
+                   f"loss {float(loss.detach()):.4g}" + (f" ({shown})" if shown else ""))
+        if not torch.isfinite(loss.detach()):
+            out.append("WARNING: the loss is not finite on this batch.")
+    built.student.zero_grad(set_to_none=True)
+    out.append(f"mode {cfg.mode}, divergence {cfg.divergence.kind}" + (f", estimator {cfg.divergence.estimator}" if cfg.divergence.estimator else ""))
+    out.append(f"built and stepped in {time.perf_counter() - start:.1f}s; nothing was written")
+    return report

@@ -1,0 +1,399 @@
+"""The sequence engine's step loop: supervised KD, sequence KD, on-policy and GKD in one loop.
+
+Each step draws ``train.batch_size`` examples (global; each rank takes its contiguous slice)
+from an endless, seeded, resumable stream over the training set and builds one batch of
+completions to learn on:
+
+* ``supervised``: the dataset's completions (supervised KD: the teacher scores the dataset's
+  completion tokens; with ``divergence.kind: ce`` plain fine-tuning);
+* ``sequence_kd``: the teacher's own greedy completions of the training prompts, generated once
+  before the first step (sequence-level KD, Kim & Rush, 2016, arXiv:1606.07947);
+* ``on_policy``: the student's samples (:func:`~.teachers.rollout`), each token scored by the
+  teacher (:meth:`~.teachers.SequenceTeacher.score`): a full-vocabulary divergence on the
+  student's own rollouts, or a sampled-token estimator (``divergence.estimator``: ``pg``,
+  MiniLLM's reverse-KL policy gradient, Gu et al., 2024, arXiv:2306.08543; ``iw``, Skill-SD's
+  importance-weighted reverse KL against the sampler's log-probs);
+* ``gkd``: GKD (Agarwal et al., 2024, arXiv:2306.13649): with probability ``lmbda`` the step is
+  on-policy, else supervised; the coin is drawn from a generator seeded by ``(seed, step)``, so
+  every rank and a resumed run draw the same.
+
+The loss is taken on completion tokens only (prompt and padding and what follows EOS are
+masked); it is the sum of the per-token values divided by the number of completion tokens of
+the *global* batch (so two ranks average to exactly the one-process loss). On-policy steps
+verify each rollout (``verify(prompt, completion) -> (reward, feedback)``), log the mean reward
+and hand reward and feedback to a privileged teacher's prompt function. Gradients are averaged
+over ranks (:func:`~distillery.engine.distributed.average_gradients`), clipped, and a
+non-finite loss stops the run naming the step (the last good checkpoint stays). After each
+step the teacher syncs (EMA, hard copy). Sampling uses a generator seeded by ``(seed, step,
+rank)``: a resumed run continues identically.
+
+Evaluation (every ``train.eval_every`` steps and at the end, rank 0): greedy completions of the
+held-out prompts, verified: ``accuracy`` (the share with reward 1) and ``reward``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine import checkpoint as ckpt
+from ..engine import distributed as D
+from ..engine.logger import MetricsLogger
+from ..engine.trainer import _progress, build_optimizer, build_scheduler, resolve_device
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from .config import SequenceConfig
+from .estimators import (
+    iw_reverse_kl_loss,
+    reverse_kl_policy_gradient_loss,
+    token_logprobs,
+)
+from .generate import load_module_state
+from .teachers import completion_logits, dataset_rollout, left_pad, rollout
+
+
+class IndexStream:
+    """An endless stream of global batches of example indices: a seeded permutation per epoch
+    (``drop_last``); its position ``(epoch, batch)`` is saved in checkpoints."""
+
+    def __init__(self, n: int, batch: int, seed: int) -> None:
+        if batch > n:
+            raise ConfigError(f"train.batch_size = {batch} exceeds the {n} training examples.")
+        self.n, self.size, self.seed = n, batch, seed
+        self.epoch, self.batch = 0, 0
+
+    def _order(self) -> list[int]:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)).tolist()
+
+    def __next__(self) -> list[int]:
+        if (self.batch + 1) * self.size > self.n:
+            self.epoch, self.batch = self.epoch + 1, 0
+        order = self._order()
+        out = order[self.batch * self.size:(self.batch + 1) * self.size]
+        self.batch += 1
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+def _seed_of(*parts: int) -> int:
+    s = 0
+    for p in parts:
+        s = (s * 1_000_003 + int(p)) % (2**63 - 1)
+    return s
+
+
+class SequenceTrainer:
+    """Trains ``built.student`` as ``cfg`` says (see the module docstring); ``built`` is a
+    :class:`~.run.SequenceBuild`."""
+
+    def __init__(self, cfg: SequenceConfig, built: Any, run_dir: Path | None, *, stop_after_steps: int | None = None) -> None:
+        self.cfg, self.built = cfg, built
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.stop_after_steps = stop_after_steps
+        self.device = D.device_for_rank(resolve_device(cfg.train.device))
+        self.student = built.student.to(self.device)
+        self.teacher = built.teacher.to(self.device) if built.teacher is not None else None
+        self.tok = built.tokenizer
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.last_checkpoint: Path | None = None
+        self.logger: MetricsLogger | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _set_up(self, resume: bool) -> float:
+        cfg = self.cfg
+        self.world, self.rank = D.world_size(), D.rank()
+        self.per_rank = D.per_rank_batch(cfg.train.batch_size, "train.batch_size")
+        self.stream = IndexStream(len(self.built.train), cfg.train.batch_size, cfg.seed)
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError("student: the model has no trainable parameters.")
+        self.optimizer = build_optimizer(self.params, cfg.train.optimizer.torch_kwargs())
+        self.scheduler = build_scheduler(self.optimizer, cfg.train.scheduler.model_dump(), cfg.train.steps)
+        self.ckpt_root = self.run_dir / "checkpoints" if self.run_dir is not None else None
+        self.completions = self.built.completions
+        if cfg.mode == "sequence_kd":
+            self.completions = self.teacher_completions()
+        elapsed = self._resume() if resume else 0.0
+        if self.run_dir is not None and self.rank == 0:
+            self.logger = MetricsLogger(self.run_dir, cfg.train.tensorboard, resume_step=self.step if resume else None)
+        return elapsed
+
+    @torch.no_grad()
+    def teacher_completions(self) -> list[list[int]]:
+        """The teacher's greedy completions of every training prompt (sequence KD's data)."""
+        assert self.teacher is not None
+        out: list[list[int]] = []
+        prompts = self.built.prompts
+        size = self.cfg.eval.batch_size
+        for start in range(0, len(prompts), size):
+            ids, mask = left_pad(prompts[start:start + size], self.tok.pad_id, self.device)
+            r = rollout(self.teacher.lm, ids, mask, max_new_tokens=self.cfg.train.max_new_tokens, temperature=0.0,
+                        eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
+            for row, m in zip(r.completion.tolist(), r.completion_mask.tolist()):
+                out.append([t for t, keep in zip(row, m) if keep])
+        return out
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train ``cfg.train.steps`` steps (from the last checkpoint with ``resume``); returns the
+        summary, also written to ``summary.json`` with the student's weights."""
+        elapsed = self._set_up(resume)
+        t0 = time.perf_counter() - elapsed
+        total = self.cfg.train.steps
+        bar = _progress(total - self.step, self.cfg.name or "sequence", self.cfg.train.progress and self.rank == 0)
+        self.student.train()
+        stopped = False
+        try:
+            while self.step < total:
+                figures = self.train_step(self.step)
+                self.step += 1
+                bar.update(1)
+                self._log(figures)
+                final = self.step == total
+                every = self.cfg.train.eval_every
+                if final or (every and self.step % every == 0):
+                    self.evaluate()
+                stop = self.stop_after_steps is not None and self.step >= self.stop_after_steps
+                every = self.cfg.train.checkpoint_every
+                if final or stop or (every and self.step % every == 0):
+                    self._checkpoint(time.perf_counter() - t0)
+                if stop and not final:
+                    stopped = True
+                    break
+        finally:
+            bar.close()
+            if self.logger is not None:
+                self.logger.close()
+        return self._finish(time.perf_counter() - t0, stopped)
+
+    def is_on_policy(self, step: int) -> bool:
+        """Whether step ``step`` (0-based) learns on the student's rollouts (GKD's coin)."""
+        if self.cfg.mode == "on_policy":
+            return True
+        if self.cfg.mode != "gkd":
+            return False
+        u = torch.rand((), generator=torch.Generator().manual_seed(_seed_of(self.cfg.seed, 17, step)))
+        return bool(u < self.cfg.lmbda)
+
+    def batch_for(self, indices: list[int], step: int, on_policy: bool) -> tuple[Any, dict[str, Any]]:
+        """The completions of this rank's examples at ``step``: a :class:`Rollout` and extras
+        (the examples, and on on-policy steps the completion texts, rewards and feedback)."""
+        tok, cfg = self.tok, self.cfg
+        prompts = [self.built.prompts[i] for i in indices]
+        examples = [self.built.train[i] for i in indices]
+        extra: dict[str, Any] = {"examples": examples}
+        if on_policy:
+            ids, mask = left_pad(prompts, tok.pad_id, self.device)
+            g = torch.Generator(device=self.device).manual_seed(_seed_of(cfg.seed, 29, step, self.rank))
+            r = rollout(self.student, ids, mask, max_new_tokens=cfg.train.max_new_tokens, temperature=cfg.train.temperature,
+                        top_k=cfg.train.top_k, top_p=cfg.train.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, generator=g)
+            texts = [tok.decode(row) for row in r.completion.tolist()]
+            verdicts = [self.built.verify(ex.prompt, text) for ex, text in zip(examples, texts)]
+            extra.update(texts=texts, rewards=[v[0] for v in verdicts], feedback=[v[1] for v in verdicts])
+        else:
+            r = dataset_rollout(prompts, [self.completions[i] for i in indices], tok.pad_id, self.device)
+        return r, extra
+
+    def loss_of(self, r: Any, extra: dict[str, Any], on_policy: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """The summed per-token loss of this rank's batch (not yet normalised) and its figures."""
+        dcfg = self.cfg.divergence
+        mask = r.completion_mask
+        s_logits = completion_logits(self.student, *_prompt(r), r.completion, mask)
+        figures: dict[str, float] = {}
+        if on_policy:
+            figures["reward"] = sum(extra["rewards"]) / max(len(extra["rewards"]), 1)
+            figures["completion_tokens"] = float(mask.sum(1).float().mean())
+        if dcfg.kind == "ce":
+            nll = -token_logprobs(s_logits, r.completion)
+            return torch.where(mask, nll, torch.zeros_like(nll)).sum(), figures
+        assert self.teacher is not None
+        t_ids = t_mask = None
+        if self.teacher.prompt_fn is not None:
+            texts = extra.get("texts") or [self.tok.decode(row) for row in r.completion.tolist()]
+            rewards = extra.get("rewards") or [None] * len(texts)
+            feedback = extra.get("feedback") or [None] * len(texts)
+            privileged = [self.teacher.prompt_fn(ex, t, rw, fb) for ex, t, rw, fb in zip(extra["examples"], texts, rewards, feedback)]
+            t_ids, t_mask = left_pad([self.tok.encode(p, add_bos=True) for p in privileged], self.tok.pad_id, self.device)
+        t_logits = self.teacher.score(r, t_ids, t_mask)
+        if on_policy and dcfg.estimator is not None:
+            logp_s = token_logprobs(s_logits, r.completion, dcfg.temperature)
+            logp_t = token_logprobs(t_logits, r.completion, dcfg.temperature)
+            if dcfg.estimator == "pg":
+                loss = reverse_kl_policy_gradient_loss(logp_s, logp_t, mask, advantage=dcfg.advantage, reduction="sum")
+            else:
+                clip = None if dcfg.clip is None else (max(0.0, 1.0 - dcfg.clip), 1.0 + dcfg.clip)
+                loss = iw_reverse_kl_loss(logp_s, logp_t, r.logprobs, mask, clip=clip, reduction="sum")
+            return loss, figures
+        if dcfg.alignment == "uld":
+            from .alignment import uld_loss
+
+            return uld_loss(s_logits, t_logits, mask, mask, temperature=dcfg.temperature, reduction="sum"), figures
+        from .divergences import token_divergence
+
+        loss = token_divergence(s_logits, t_logits, mask, dcfg.kind, beta=dcfg.beta, alpha=dcfg.alpha,
+                                temperature=dcfg.temperature, reduction="sum")
+        return loss, figures
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step at ``step`` (0-based); returns the figures."""
+        on_policy = self.is_on_policy(step)
+        global_indices = next(self.stream)
+        mine = global_indices[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        r, extra = self.batch_for(mine, step, on_policy)
+        self.optimizer.zero_grad(set_to_none=True)
+        total, figures = self.loss_of(r, extra, on_policy)
+        count = r.completion_mask.sum().float()
+        if self.world > 1:
+            count = D.all_reduce_mean_(count.clone()) * self.world
+        loss = total / count.clamp(min=1.0) * self.world
+        self._check_finite(loss, step)
+        loss.backward()
+        D.average_gradients(self.params)
+        if self.cfg.train.grad_clip is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip))
+            if not math.isfinite(norm):
+                raise NonFiniteLossError(f"The gradient norm became {norm} at step {step + 1} although the loss was finite. "
+                                         f"Training stopped; {self._kept()}")
+            figures["grad_norm"] = norm
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.teacher is not None:
+            self.teacher.after_step(step + 1)
+        figures.update(loss=float(loss.detach()), on_policy=float(on_policy), lr=self.optimizer.param_groups[0]["lr"])
+        return figures
+
+    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if self.world > 1:
+            bad = D.any_rank(bad)
+        if bad:
+            raise NonFiniteLossError(
+                f"The loss became {float(loss.detach())} at step {step + 1}. Training stopped; {self._kept()} "
+                "Lower train.optimizer.lr, add train.grad_clip, or check divergence.temperature.")
+
+    def _kept(self) -> str:
+        if self.last_checkpoint is not None:
+            return f"the last good checkpoint {self.last_checkpoint} is kept (continue from it with --resume)."
+        return "no checkpoint had been written yet."
+
+    def _log(self, figures: dict[str, float]) -> None:
+        every = self.cfg.train.log_every
+        if self.step % every and self.step != self.cfg.train.steps:
+            return
+        means = D.mean_over_ranks({k: torch.tensor(float(v)) for k, v in figures.items()})
+        if self.logger is not None:
+            self.logger.log({"split": "train", "step": self.step, **{k: float(v) for k, v in means.items()}})
+
+    # -- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float] | None:
+        """Greedy completions of the eval prompts, verified (rank 0; no random numbers drawn)."""
+        if self.rank != 0:
+            return None
+        scores = evaluate_student(self.student, self.built, self.cfg, self.device)
+        self.history.append({"step": self.step, **scores})
+        if self.logger is not None:
+            self.logger.log({"split": "eval", "step": self.step, **scores})
+        return scores
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _weights(self) -> dict[str, torch.Tensor]:
+        state = {f"student.{k}": v for k, v in ckpt.full_state_dict(self.student).items()}
+        if self.teacher is not None and self.teacher.owns_weights:
+            state.update({f"teacher.{k}": v for k, v in ckpt.full_state_dict(self.teacher.lm).items()})
+        return state
+
+    def _checkpoint(self, elapsed: float) -> None:
+        if self.ckpt_root is None:
+            return
+        state = {"step": self.step, "data": self.stream.state(), "scheduler": self.scheduler.state_dict(),
+                 "elapsed": elapsed, "history": self.history, "world_size": self.world,
+                 "rng_per_rank": D.all_gather_objects(ckpt.rng_state())}
+        if D.is_main():
+            optim = dict(self.optimizer.state_dict(), keyed_by="index")
+            self.last_checkpoint = ckpt.save_checkpoint(self.ckpt_root, self.step, self._weights(), optim, state,
+                                                        keep=self.cfg.train.keep_checkpoints)
+        D.barrier()
+
+    def _resume(self) -> float:
+        from safetensors.torch import load_file
+
+        path = ckpt.latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
+        if path is None:
+            raise CheckpointError(f"--resume was given but {self.ckpt_root} holds no checkpoint to resume from.")
+        state = ckpt.verify_checkpoint(path)
+        try:
+            weights = load_file(str(path / "model.safetensors"))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files
+            raise CheckpointError(f"Could not read the checkpoint {path}: {exc}") from None
+        parts = {"student": self.student}
+        if self.teacher is not None and self.teacher.owns_weights:
+            parts["teacher"] = self.teacher.lm
+        for name, module in parts.items():
+            sub = {k[len(name) + 1:]: v.to(self.device) for k, v in weights.items() if k.startswith(name + ".")}
+            load_module_state(module, sub, f"the {name} in the checkpoint {path}")
+        ckpt.load_optimizer(path, self.student, self.optimizer, state)
+        try:
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"The scheduler state in {path} does not match this run: {exc}") from None
+        self.stream.load(state["data"])
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        self.last_checkpoint = path
+        ckpt.restore_rng(state, self.rank, self.world, self.cfg.seed)
+        return float(state.get("elapsed", 0.0))
+
+    # -- the end ---------------------------------------------------------------------------
+    def _finish(self, wall: float, stopped: bool) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        summary = {
+            "engine": "sequence",
+            "mode": self.cfg.mode,
+            "divergence": self.cfg.divergence.kind,
+            "steps": self.step,
+            "wall_s": wall,
+            "final": {k: v for k, v in last.items() if k != "step"},
+            "complete": not stopped,
+            "world_size": self.world,
+        }
+        if self.run_dir is not None and not stopped and D.is_main():
+            from .generate import export_student
+
+            export_student(self.run_dir, self.student, self.tok)
+            ckpt.atomic_write_json(self.run_dir / "summary.json", summary)
+        D.barrier()
+        return summary
+
+
+def _prompt(r: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    p = r.tokens.shape[1] - r.completion.shape[1]
+    return r.tokens[:, :p], r.attention_mask[:, :p]
+
+
+@torch.no_grad()
+def evaluate_student(student: torch.nn.Module, built: Any, cfg: SequenceConfig, device: torch.device) -> dict[str, float]:
+    """``{"accuracy", "reward", "completion_tokens"}`` of greedy completions of ``built.eval_set``."""
+    tok = built.tokenizer
+    n_new = cfg.eval.max_new_tokens or cfg.train.max_new_tokens
+    rewards, lengths = [], []
+    for start in range(0, len(built.eval_set), cfg.eval.batch_size):
+        chunk = built.eval_set[start:start + cfg.eval.batch_size]
+        ids, mask = left_pad([tok.encode(ex.prompt, add_bos=True) for ex in chunk], tok.pad_id, device)
+        r = rollout(student, ids, mask, max_new_tokens=n_new, temperature=0.0, eos_id=tok.eos_id, pad_id=tok.pad_id)
+        for ex, row, m in zip(chunk, r.completion.tolist(), r.completion_mask.tolist()):
+            rewards.append(float(built.verify(ex.prompt, tok.decode(row))[0]))
+            lengths.append(sum(m))
+    n = max(len(rewards), 1)
+    return {"accuracy": sum(1.0 for x in rewards if x >= 1.0) / n, "reward": sum(rewards) / n,
+            "completion_tokens": sum(lengths) / n}
