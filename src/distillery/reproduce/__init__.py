@@ -80,6 +80,14 @@ class Context:
                               for n, scores in summary.get("final", {}).items())
             self.log(f"  {name}: {shown} ({summary['wall_s']:.1f}s)")
             return summary
+        if getattr(cfg, "engine", None) == "sequence":
+            from ..sequence.run import run_sequence
+
+            summary = run_sequence(cfg, self.out / name, overwrite=True)
+            final = summary.get("final") or {}
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
+            self.log(f"  {name}: {shown} ({summary['wall_s']:.1f}s)")
+            return summary
         summary = run(cfg, self.out / name, overwrite=True, report=False)
         final = summary["final"]
         metric = "R@1" if "accuracy" not in final and "r1" in final else "accuracy"  # dual encoders: retrieval
