@@ -5,7 +5,9 @@ Every row is a ratio of two things measured side by side in the same process or 
 machines. Rows: ``engine_overhead``, ``cached_vs_student_only`` (+ ``online_vs_cached``),
 ``chunked_vs_dense_memory`` and ``chunked_vs_dense_time``, ``ddp2_vs_1_throughput``, and the
 generative engine's ``onestep_vs_teacher_sampling`` (+ ``onestep_vs_teacher_sampling_images``
-outside ``--quick``), ``dmd_step_overhead`` and ``dmd_peak_memory`` (benchmarks/generative.py). When a
+outside ``--quick``), ``dmd_step_overhead`` and ``dmd_peak_memory`` (benchmarks/generative.py), and the sequence engine's
+``kv_cache_sampling``, ``topk_cache_bytes_per_token`` and ``onpolicy_step_breakdown``
+(benchmarks/sequence.py). When a
 CUDA device is present the rows that make sense on it run there too, named ``cuda/<row>``.
 Results go to ``DIR/bench.json`` as ``{"rows": [{"name", "ratio", "goal", "unit", "detail"}]}``
 and, as a markdown table, to ``DIR/bench.md``; ``--docs FILE`` also puts that table into the
@@ -57,6 +59,14 @@ def rows(quick: bool, device: str) -> list[tuple[str, Callable[[], Any]]]:
     ]
     if device == "cpu":
         out.append(("ddp2_vs_1_throughput", lambda: ddp_throughput.benchmark(quick=quick)))
+    # -- the sequence engine's rows (benchmarks/sequence.py)
+    from benchmarks import sequence
+
+    out += [
+        ("kv_cache_sampling", lambda: sequence.kv_cache_row(quick, device)),
+        ("topk_cache_bytes_per_token", lambda: sequence.topk_cache_row(quick, device)),
+        ("onpolicy_step_breakdown", lambda: sequence.onpolicy_row(quick, device)),
+    ]
     return out
 
 
@@ -141,6 +151,21 @@ def _detail_text(row: dict[str, Any]) -> str:
                 f"working memory alone {d['step_ratio']:.3f}")
     if name == "ddp2_vs_1_throughput":
         return f"global batch {d.get('global_batch')}, {d.get('cpu_cores')} CPU cores shared by both processes"
+    # -- the sequence engine's rows (benchmarks/sequence.py)
+    if name == "kv_cache_sampling":
+        return (f"{d['new_tokens']} tokens x batch {d['batch']}: KV cache {d['cache_tokens_per_s']:.0f} tokens/s vs "
+                f"recomputing the prefix {d['no_cache_tokens_per_s']:.0f} tokens/s ({d['speedup']:.1f}x)")
+    if name == "topk_cache_bytes_per_token":
+        lo, hi = d["distillkit_bytes_per_token"]
+        return (f"k = {d['k']}, vocab {d['vocab']} ({d['index_dtype']} ids, uint8 log-prob codes): {d['bytes_per_token']} "
+                f"bytes/token ({d['on_disk_bytes_per_token']:.1f} on disk for {d['tokens']} tokens); KL(exact top-k || cached) "
+                f"{d['kl_quantisation']:.1e}, KL(dense || cached) {d['kl_dense_vs_cached']:.3f} nats/token (teacher entropy "
+                f"{d['teacher_entropy']:.2f}, tail {d['tail_mass']:.3f}); DistillKit {lo}-{hi} bytes/token")
+    if name == "onpolicy_step_breakdown":
+        ms, sh = d["ms"], d["shares"]
+        return (f"step {d['step_ms']:.1f} ms: sampling {d['new_tokens']} tokens {ms['sampling']:.1f} ms ({sh['sampling']:.0%}), "
+                f"teacher scoring {ms['teacher_scoring']:.1f} ms ({sh['teacher_scoring']:.0%}), student update "
+                f"{ms['student_update']:.1f} ms ({sh['student_update']:.0%})")
     return ""
 
 

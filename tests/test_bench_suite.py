@@ -116,3 +116,29 @@ def test_peak_memory_probe_in_process():
     here = peak_memory_here("dmd", "mlp2d", 8)
     assert here["peak_bytes"] >= here["state_bytes"] > here["parameter_bytes"] > 0
     assert here["peak_bytes"] == here["state_bytes"] + here["step_bytes"]
+
+
+# -- the sequence rows (benchmarks/sequence.py) on tiny sizes: the row functions run, their
+# ratios are what the rows say, and the markdown shows the side-by-side figures
+
+
+def test_sequence_rows_run_on_tiny_sizes():
+    from benchmarks.sequence import kv_cache_sampling, onpolicy_step_breakdown, topk_cache_bytes_per_token
+
+    kv = kv_cache_sampling(new_tokens=6, batch=2, dim=32, depth=1, vocab=64, prompt_len=3, repeats=1)
+    d = kv["detail"]
+    assert kv["goal"] == pytest.approx(1 / 3, abs=1e-3) and d["same_greedy_tokens"]
+    assert kv["ratio"] == pytest.approx(d["cache_s"] / d["no_cache_s"])
+    assert d["cache_tokens_per_s"] == pytest.approx(12 / d["cache_s"])
+
+    top = topk_cache_bytes_per_token(ks=(4,), vocab=300, examples=2, prompt_len=2, completion_len=5)
+    d = top["detail"]
+    assert top["goal"] == 1.0 and d["bytes_per_token"] == 3 * 4 + 3 and top["ratio"] == pytest.approx(0.15)
+    assert d["on_disk_bytes_per_token"] > d["bytes_per_token"] and 0.0 <= d["kl_quantisation"] < 1e-3
+
+    step = onpolicy_step_breakdown(steps=1, warmup=0, batch=2, prompt_len=2, new_tokens=3, vocab=32)
+    shares = step["detail"]["shares"]
+    assert step["goal"] is None and sum(shares.values()) == pytest.approx(1.0) and step["ratio"] == shares["sampling"]
+
+    md = format_markdown({**_report(1.0), "rows": [kv, top, step]})
+    assert "tokens/s" in md and "DistillKit 114-300 bytes/token" in md and "teacher scoring" in md
