@@ -35,6 +35,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from .from_config import build_cache_from_config
 
     cfg = load_config(args.config, args.set)
+    if getattr(cfg, "engine", None) == "sequence":
+        return _cmd_build_sequence(cfg, args)
     out = args.out
     if out is None and getattr(cfg.teacher, "kind", None) != "cached":
         out = str(Path("caches") / (cfg.name or Path(args.config).stem))
@@ -53,6 +55,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
     )
     print(f"cache built: {path}  ({time.perf_counter() - t0:.1f}s)")
     print(_summary(manifest))
+    return 0
+
+
+def _cmd_build_sequence(cfg, args: argparse.Namespace) -> int:
+    """A sequence config: its teacher's top-k log-probs per completion token
+    (:func:`distillery.sequence.run.build_sequence_cache`; ``--topk`` required)."""
+    from ..errors import ConfigError
+    from ..sequence.run import build_sequence_cache
+
+    if args.topk is None:
+        raise ConfigError("cache build: a sequence config needs --topk K (the number of teacher log-probs kept per token).")
+    t0 = time.perf_counter()
+    cache = build_sequence_cache(cfg, args.out, k=args.topk, temperature=args.temperature,
+                                 shard_size=args.shard_size or 4096, overwrite=args.overwrite)
+    print(f"cache built: {cache.path}  ({time.perf_counter() - t0:.1f}s)")
+    print(f"  {cache.num_examples} examples, {cache.num_tokens} completion tokens; top-{cache.k} of {cache.vocab_size} "
+          f"tokens at T={cache.temperature}; {cache.bytes_per_token:.1f} bytes per token on disk")
     return 0
 
 

@@ -99,11 +99,14 @@ class SeqDataCfg(Strict):
 
 class TokenizerCfg(Strict):
     """``char``: one token per character (the task's alphabet, or every character of the data,
-    plus ``extra``); ``bpe``: a BPE vocabulary of ``vocab_size`` trained on the training texts."""
+    plus ``extra``); ``bpe``: a BPE vocabulary of ``vocab_size`` trained on the training texts;
+    ``chunk`` (``teacher.tokenizer`` only): digit runs in chunks of ``chunk`` digits, other
+    characters one token each (:class:`~distillery.sequence.tokenizers.ChunkTokenizer`)."""
 
-    kind: Literal["char", "bpe"] = "char"
+    kind: Literal["char", "bpe", "chunk"] = "char"
     extra: str = ""
     vocab_size: Annotated[int, Field(ge=8, le=1_000_000)] = 256
+    chunk: Annotated[int, Field(ge=1, le=4)] = 2
 
 
 class LMCfg(Strict):
@@ -159,10 +162,20 @@ class SeqTeacherCfg(Strict):
     neither (the student's own weights). ``sync``: ``frozen`` (never changes), ``live`` (the
     student itself, scored without gradient), ``ema`` (``teacher <- decay * teacher + (1 -
     decay) * student`` after each step) or ``hard_copy`` (the student's weights copied every
-    ``every`` steps)."""
+    ``every`` steps).
+
+    ``cache``: a top-k teacher cache directory (:func:`~distillery.sequence.cache.build_lm_cache`
+    over this run's training set, e.g. by ``distillery cache build CONFIG --topk K``); the loop
+    reads it instead of running a teacher (mode ``supervised``, ``divergence.kind:
+    forward_kl``). With ``model`` / ``run`` as well, those are the weights the cache is built
+    from and checked against. ``tokenizer``: the teacher's own tokenizer (with ``model``); the
+    teacher then scores the student's completion *text* re-tokenised with it, compared by
+    ``divergence.alignment`` (``spans`` or ``uld``)."""
 
     model: LMCfg | None = None
     run: str | None = None
+    cache: str | None = None
+    tokenizer: TokenizerCfg | None = None
     sync: Literal["frozen", "live", "ema", "hard_copy"] = "frozen"
     decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99
     every: PosInt = 50
@@ -175,6 +188,12 @@ class SeqTeacherCfg(Strict):
         if self.sync != "frozen" and (self.model is not None or self.run is not None):
             raise ValueError(f"teacher.sync {self.sync!r} follows the student's weights; it needs no teacher.model / teacher.run "
                              "(leave them out, or use sync: frozen)")
+        if self.cache is not None and (self.sync != "frozen" or self.privileged is not None or self.tokenizer is not None):
+            raise ValueError("teacher.cache holds a frozen teacher's outputs on the dataset's own prompts: it cannot be combined "
+                             "with teacher.sync other than frozen, teacher.privileged or teacher.tokenizer")
+        if self.tokenizer is not None and self.model is None:
+            raise ValueError("teacher.tokenizer is the vocabulary of teacher.model: give teacher.model (a teacher.run brings "
+                             "its own tokenizer)")
         return self
 
 
@@ -183,17 +202,22 @@ class DivergenceCfg(Strict):
     kind over the full vocabulary, or ``ce`` (cross-entropy on the completion tokens, no
     teacher). ``estimator`` (on-policy batches only): ``null`` (full-vocabulary ``kind`` on the
     student's own rollouts), ``pg`` (MiniLLM's reverse-KL policy gradient) or ``iw`` (Skill-SD's
-    importance-weighted reverse KL against the sampler's log-probs). ``alignment: uld`` allows a
-    teacher whose vocabulary differs (ULD, Boizard et al., 2024, arXiv:2402.12030)."""
+    importance-weighted reverse KL against the sampler's log-probs) or ``k1`` (the sampled
+    per-token reverse KL differentiated directly, without importance weight: the
+    gradient-incorrect baseline of Skill-SD's ablation). ``alignment: uld`` allows a teacher
+    whose vocabulary differs (ULD, Boizard et al., 2024, arXiv:2402.12030); with a teacher that
+    has its own tokenizer, ``uld`` compares the order-aligned positions of the two tokenizations
+    and ``spans`` the span-merged groups (:func:`~distillery.sequence.alignment.align_spans`,
+    ``kind`` forward_kl or reverse_kl)."""
 
     kind: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd", "ce"] = "forward_kl"
     beta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     temperature: PosFloat = 1.0
-    estimator: Literal["pg", "iw"] | None = None
+    estimator: Literal["pg", "iw", "k1"] | None = None
     advantage: Literal["per_token", "sequence", "immediate"] = "per_token"
     clip: PosFloat | None = 0.2
-    alignment: Literal["uld"] | None = None
+    alignment: Literal["uld", "spans"] | None = None
 
 
 class SeqTrainCfg(Strict):
@@ -273,6 +297,25 @@ class SequenceConfig(Strict):
         if self.divergence.estimator is not None and self.divergence.alignment is not None:
             raise ValueError("divergence.estimator and divergence.alignment cannot be combined (the estimators need the "
                              "teacher's log-prob of the student's token)")
+        if self.tokenizer.kind == "chunk":
+            raise ValueError("tokenizer.kind 'chunk' is a teacher's vocabulary only (teacher.tokenizer); a student's tokenizer "
+                             "is char or bpe (saved with the run)")
+        t = self.teacher
+        if t is not None and t.cache is not None:
+            if self.mode != "supervised":
+                raise ValueError(f"teacher.cache scores the dataset's own completions: mode must be 'supervised', got {self.mode!r} "
+                                 "(sequence_kd, on_policy and gkd need a live teacher: use teacher.model / teacher.run)")
+            if kind != "forward_kl" or self.divergence.alignment is not None:
+                raise ValueError(f"teacher.cache stores a top-k forward-KL target: divergence.kind must be 'forward_kl' with no "
+                                 f"alignment, got kind {kind!r}" + (f", alignment {self.divergence.alignment!r}"
+                                                                   if self.divergence.alignment else ""))
+        if self.divergence.alignment == "spans" and kind not in ("forward_kl", "reverse_kl"):
+            raise ValueError(f"divergence.alignment 'spans' compares two-outcome distributions per text piece: divergence.kind "
+                             f"must be forward_kl or reverse_kl, got {kind!r}")
+        if t is not None and t.tokenizer is not None and self.divergence.alignment is None and kind != "ce":
+            raise ValueError("teacher.tokenizer gives the teacher its own vocabulary, and no alignment is set: the per-token "
+                             "divergences compare the same token ids. Set divergence.alignment: spans (span-merged groups) or "
+                             "uld (ULD's sorted-probability distance)")
         if self.mode == "gkd" and self.lmbda in (0.0, 1.0):
             pass  # allowed: lmbda 0 is supervised KD, 1 fully on-policy (GKD's endpoints)
         return self

@@ -10,7 +10,12 @@ removes its run directory; a later failure keeps the checkpoints and writes ``fa
 
 Bad input is a :class:`~distillery.errors.ConfigError` / ``DataError`` (exit status 2): a JSONL
 line without the fields (its line number), an empty completion, an example longer than the
-context, a teacher whose vocabulary differs from the student's without ``divergence.alignment``.
+context, a teacher whose vocabulary differs from the student's without ``divergence.alignment``,
+a ``teacher.cache`` built over another dataset or tokenizer (its fingerprint), or at another
+temperature or vocabulary.
+
+:func:`build_sequence_cache` builds the ``teacher.cache`` of a config from its ``teacher.model``
+/ ``teacher.run`` (``distillery cache build SEQ_CONFIG --topk K``).
 """
 
 from __future__ import annotations
@@ -73,14 +78,19 @@ def _examples(cfg: SequenceConfig) -> tuple[list[Example], list[Example], Callab
     return train, eval_set[: cfg.eval.num_examples], verify, ""
 
 
-def build_tokenizer(cfg: SequenceConfig, train: list[Example], eval_set: list[Example], alphabet: str):
-    from .tokenizers import CharTokenizer, train_bpe
+def build_tokenizer(cfg: SequenceConfig, train: list[Example], eval_set: list[Example], alphabet: str, spec: Any = None):
+    """The tokenizer ``spec`` says (default ``cfg.tokenizer``; ``teacher.tokenizer`` for a
+    teacher with its own), trained / built on the run's texts."""
+    from .tokenizers import CharTokenizer, ChunkTokenizer, train_bpe
 
+    spec = cfg.tokenizer if spec is None else spec
     texts = [t for ex in [*train, *eval_set] for t in (ex.prompt, ex.answer)]
-    if cfg.tokenizer.kind == "bpe":
-        return train_bpe(texts + ([cfg.tokenizer.extra] if cfg.tokenizer.extra else []), cfg.tokenizer.vocab_size)
+    if spec.kind == "bpe":
+        return train_bpe(texts + ([spec.extra] if spec.extra else []), spec.vocab_size)
     chars = alphabet or "".join(sorted(set("".join(texts))))
-    return CharTokenizer(chars + cfg.tokenizer.extra)
+    if spec.kind == "chunk":
+        return ChunkTokenizer(spec.chunk, alphabet="".join(c for c in chars + spec.extra if not c.isdigit()))
+    return CharTokenizer(chars + spec.extra)
 
 
 def build_sequence(cfg: SequenceConfig) -> SequenceBuild:
@@ -110,15 +120,23 @@ def build_sequence(cfg: SequenceConfig) -> SequenceBuild:
                           f"{tok.vocab_size}; remove the vocab size from student.params (it defaults to the tokenizer's).")
     _check_lengths(cfg, train, prompts, completions, context)
     teacher = None
-    if cfg.teacher is not None:
+    if cfg.teacher is not None and cfg.teacher.cache is not None:
+        teacher = _cached_teacher(cfg, tok, prompts, completions, int(lm.vocab_size))
+    elif cfg.teacher is not None:
         t = cfg.teacher
-        t_lm = None
+        t_lm, t_tok = None, None
+        if t.tokenizer is not None:
+            t_tok = build_tokenizer(cfg, train, eval_set, alphabet, t.tokenizer)
         if t.model is not None:
-            t_lm = _build_model(t.model, tok.vocab_size, cfg.seed + 1, "teacher.model")
+            t_lm = _build_model(t.model, (t_tok or tok).vocab_size, cfg.seed + 1, "teacher.model")
         elif t.run is not None:
-            t_lm = _load_teacher_run(Path(t.run), tok)
+            t_lm, t_tok = _load_teacher_run(Path(t.run), tok, cfg.divergence.alignment)
         prompt_fn = resolve_prompt_fn(t.privileged.prompt) if t.privileged is not None else None
-        teacher = SequenceTeacher(t_lm, student, sync=t.sync, decay=t.decay, every=t.every, prompt_fn=prompt_fn)
+        teacher = SequenceTeacher(t_lm, student, sync=t.sync, decay=t.decay, every=t.every, prompt_fn=prompt_fn,
+                                  tokenizer=t_tok)
+        if t_tok is not None:
+            _check_teacher_tokens(teacher, t_tok, tok, train, completions)
+            return SequenceBuild(tok, train, eval_set, prompts, completions, verify, student, teacher, context)
         t_vocab, s_vocab = teacher.vocab_size, int(lm.vocab_size)
         if t_vocab != s_vocab and cfg.divergence.alignment is None and cfg.divergence.kind != "ce":
             raise ConfigError(
@@ -140,17 +158,113 @@ def _build_model(spec: Any, vocab: int, seed: int, where: str) -> nn.Module:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _load_teacher_run(run: Path, tok: Any) -> nn.Module:
+def _load_teacher_run(run: Path, tok: Any, alignment: str | None = None) -> tuple[nn.Module, Any]:
+    """The run's student and, if its tokenizer differs from ``tok`` and an alignment is set,
+    that tokenizer (the teacher then reads re-tokenised text), else None."""
     from .generate import load_run_student
 
     _, lm, t_tok = load_run_student(run)
+    if t_tok.id_to_token != tok.id_to_token and alignment is not None:
+        return lm, t_tok
     if t_tok.id_to_token != tok.id_to_token:
         raise ConfigError(f"teacher.run: the teacher's tokenizer ({run / 'tokenizer.json'}, {t_tok.vocab_size} tokens) differs "
                           f"from this run's ({tok.vocab_size} tokens). The teacher scores the student's token ids, so it needs "
-                          "the same tokenizer: use the data and tokenizer settings of the teacher's run. (divergence.alignment: "
-                          "uld covers a teacher with a larger vocabulary over the same token ids; re-tokenizing the text for a "
-                          "teacher with its own tokenizer is not supported yet.)")
-    return lm
+                          "the same tokenizer: use the data and tokenizer settings of the teacher's run, or set "
+                          "divergence.alignment (spans or uld) to have the teacher read the completion text re-tokenised "
+                          "with its own tokenizer.")
+    return lm, None
+
+
+def _check_teacher_tokens(teacher: Any, t_tok: Any, tok: Any, train: list[Example], completions: list[list[int]]) -> None:
+    """A teacher with its own tokenizer: its model covers that vocabulary, and every training
+    prompt and completion re-tokenised fits its context."""
+    from .models import as_causal_lm
+    from .sampler import Rollout
+    from .teachers import retokenized_rollout
+
+    t_lm = as_causal_lm(teacher.lm)
+    if int(t_lm.vocab_size) < t_tok.vocab_size:
+        raise ConfigError(f"teacher: its model's vocabulary of {int(t_lm.vocab_size)} tokens cannot read its "
+                          f"{t_tok.vocab_size}-token tokenizer (teacher.tokenizer).")
+    width = max(len(c) for c in completions)
+    comp = torch.tensor([c + [tok.pad_id] * (width - len(c)) for c in completions])
+    mask = torch.tensor([[True] * len(c) + [False] * (width - len(c)) for c in completions])
+    fake = Rollout(tokens=comp, completion=comp, completion_mask=mask, logprobs=torch.zeros(comp.shape),
+                   attention_mask=mask.long())
+    t_r, _, _ = retokenized_rollout(fake, tok, t_tok, [ex.prompt for ex in train])
+    need = t_r.tokens.shape[1]
+    if need > int(t_lm.max_len):
+        raise ConfigError(f"teacher: the training prompts and completions take up to {need} of the teacher's tokens, more "
+                          f"than its context of {int(t_lm.max_len)}; give the teacher a longer context (max_len).")
+
+
+def _cached_teacher(cfg: SequenceConfig, tok: Any, prompts: list[list[int]], completions: list[list[int]],
+                    s_vocab: int) -> Any:
+    """Open ``teacher.cache`` and check it against this run: dataset and tokenizer (the
+    fingerprint of the token ids of every pair), temperature, vocabulary, and with
+    ``teacher.model`` / ``teacher.run`` the teacher's weights."""
+    from ..cache.store import CacheError
+    from .cache import LMCache
+    from .teachers import CachedLMTeacher
+
+    t = cfg.teacher
+    assert t is not None and t.cache is not None
+    try:
+        cache = LMCache(t.cache, verify="size", dataset=list(zip(prompts, completions)))
+        if t.model is not None or t.run is not None:
+            cache.check_teacher(_cache_source(cfg, tok))
+    except CacheError as exc:
+        raise ConfigError(f"teacher.cache: {exc} (a cache is built over this config's training set, tokenizer and "
+                          "teacher: distillery cache build CONFIG --topk K)") from None
+    if abs(cache.temperature - cfg.divergence.temperature) > 1e-12:
+        raise ConfigError(f"teacher.cache: the cache {t.cache} holds the teacher at temperature {cache.temperature}, but "
+                          f"divergence.temperature is {cfg.divergence.temperature}; rebuild the cache at that temperature "
+                          "(--temperature) or set divergence.temperature to the cache's.")
+    if cache.vocab_size != s_vocab:
+        raise ConfigError(f"teacher.cache: the cached teacher has a vocabulary of {cache.vocab_size} tokens and the student "
+                          f"{s_vocab}; the cached top-k ids must index the student's vocabulary.")
+    return CachedLMTeacher(cache)
+
+
+def _cache_source(cfg: SequenceConfig, tok: Any) -> nn.Module:
+    """The weights ``teacher.model`` / ``teacher.run`` name (what a ``teacher.cache`` is built from)."""
+    t = cfg.teacher
+    assert t is not None
+    if t.model is not None:
+        return _build_model(t.model, tok.vocab_size, cfg.seed + 1, "teacher.model")
+    if t.run is not None:
+        return _load_teacher_run(Path(t.run), tok)[0]
+    raise ConfigError("teacher: give teacher.model or teacher.run, the teacher the cache is built from.")
+
+
+def build_sequence_cache(cfg: SequenceConfig, out: Path | str | None = None, *, k: int, temperature: float | None = None,
+                         batch_size: int = 64, shard_size: int = 4096, overwrite: bool = False) -> Any:
+    """Build the top-``k`` teacher cache of a sequence config and return the opened
+    :class:`~.cache.LMCache`.
+
+    The teacher is ``teacher.model`` / ``teacher.run`` (frozen), run once over the config's
+    training set (the ``(prompt_ids, completion_ids)`` pairs its tokenizer makes, in order);
+    ``out`` defaults to ``teacher.cache``; ``temperature`` to ``divergence.temperature``. A
+    run with ``teacher: {cache: out}`` then reads it (``distillery cache build CONFIG --topk K``).
+    """
+    from .cache import build_lm_cache
+
+    t = cfg.teacher
+    if t is None or (t.model is None and t.run is None):
+        raise ConfigError("cache build: the config needs teacher.model or teacher.run (the frozen teacher to cache).")
+    if t.tokenizer is not None:
+        raise ConfigError("cache build: a teacher with its own tokenizer (teacher.tokenizer) cannot be cached; the cache "
+                          "stores token ids of the student's vocabulary.")
+    out = out if out is not None else t.cache
+    if out is None:
+        raise ConfigError("cache build: give --out DIR or set teacher.cache in the config.")
+    train, eval_set, _, alphabet = _examples(cfg)
+    tok = build_tokenizer(cfg, train, eval_set, alphabet)
+    pairs = [(tok.encode(ex.prompt, add_bos=True), tok.encode(ex.answer) + [tok.eos_id]) for ex in train]
+    teacher = _cache_source(cfg, tok)
+    T = cfg.divergence.temperature if temperature is None else float(temperature)
+    return build_lm_cache(teacher, pairs, k, out, temperature=T, batch_size=batch_size, shard_size=shard_size,
+                          pad_id=tok.pad_id, overwrite=overwrite)
 
 
 def _check_lengths(cfg: SequenceConfig, train: list[Example], prompts: list[list[int]], completions: list[list[int]],

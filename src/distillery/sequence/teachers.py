@@ -26,7 +26,18 @@ scored without gradient), ``ema`` (after every step ``teacher <- decay * teacher
 ``fn(example, completion, reward, feedback) -> str`` of the task example (``prompt``,
 ``answer``), the student's completion text and the verifier's reward and feedback; the teacher
 scores the student's completion tokens after that text. Given as ``"module:function"`` or a
-name of :data:`PRIVILEGED_PROMPTS`.
+name of :data:`PRIVILEGED_PROMPTS`. A loaded object with the attribute ``per_run = True`` is a
+factory: it is called once per run (with no arguments) and the function it returns is the
+prompt function, so state such as a skill memory never leaks from one run to the next.
+
+**A teacher with its own tokenizer** (``SequenceTeacher(..., tokenizer=...)``): the teacher
+reads the student's completion *text*, re-tokenised with its tokenizer
+(:func:`retokenized_rollout`), and the two are compared on aligned character spans
+(:func:`span_groups`, :mod:`~.alignment`).
+
+**A cached teacher** (:class:`CachedLMTeacher`): the top-k log-probabilities of a frozen
+teacher on the dataset's completions, read from a :class:`~.cache.LMCache` by example index
+instead of scoring (supervised KD only; it has no ``score``).
 """
 
 from __future__ import annotations
@@ -46,13 +57,16 @@ from .tasks import Example
 
 __all__ = [
     "PRIVILEGED_PROMPTS",
+    "CachedLMTeacher",
     "SequenceTeacher",
     "completion_logits",
     "dataset_rollout",
     "ema_update_",
     "left_pad",
     "resolve_prompt_fn",
+    "retokenized_rollout",
     "rollout",
+    "span_groups",
 ]
 
 PromptFn = Callable[[Example, str, "float | None", "str | None"], str]
@@ -88,6 +102,8 @@ def resolve_prompt_fn(spec: str) -> PromptFn:
         raise ConfigError(f"teacher.privileged.prompt: cannot load {spec!r}: {exc}") from None
     if not callable(fn):
         raise ConfigError(f"teacher.privileged.prompt: {spec!r} is not callable.")
+    if getattr(fn, "per_run", False):  # a factory of stateful prompt functions (Skill-SD's skill memory)
+        fn = fn()
     return fn
 
 
@@ -179,13 +195,18 @@ class SequenceTeacher:
     ``lm``: the teacher's weights (for ``frozen``), ignored for ``live`` (the student is used),
     and for ``ema`` / ``hard_copy`` a copy of the student is made when ``lm`` is None.
     ``prompt_fn``: the privileged prompt function, or None (the teacher reads the student's prompt).
+    ``tokenizer``: the teacher's own tokenizer (frozen teachers only), or None (the student's:
+    the teacher scores the student's token ids).
     """
 
     def __init__(self, lm: nn.Module | None, student: nn.Module, *, sync: str = "frozen", decay: float = 0.99,
-                 every: int = 50, prompt_fn: PromptFn | None = None) -> None:
+                 every: int = 50, prompt_fn: PromptFn | None = None, tokenizer: Any = None) -> None:
         if sync not in ("frozen", "live", "ema", "hard_copy"):
             raise ConfigError(f"teacher.sync must be frozen, live, ema or hard_copy, got {sync!r}.")
+        if tokenizer is not None and sync != "frozen":
+            raise ConfigError(f"teacher.tokenizer: a teacher with its own tokenizer must be frozen, got sync {sync!r}.")
         self.sync, self.decay, self.every, self.prompt_fn = sync, float(decay), int(every), prompt_fn
+        self.tokenizer = tokenizer
         self.student = student
         if sync == "live":
             self.lm = student
@@ -227,3 +248,101 @@ class SequenceTeacher:
         elif self.sync == "hard_copy" and step % self.every == 0:
             with torch.no_grad():
                 self.lm.load_state_dict(self.student.state_dict())
+
+
+# --------------------------------------------------------------------------------------
+# a teacher with its own tokenizer
+# --------------------------------------------------------------------------------------
+
+
+def retokenized_rollout(r: Rollout, student_tok: Any, teacher_tok: Any, prompts: Sequence[str],
+                        device: Any = None) -> tuple[Rollout, list[list[int]], list[list[int]]]:
+    """The student's completions as the teacher's tokens.
+
+    Each row's counted completion tokens (``r.completion_mask``) are decoded to text with
+    ``student_tok`` (special tokens dropped) and encoded with ``teacher_tok``; a row that ends
+    with the student's ``<eos>`` ends with the teacher's ``<eos>``. ``prompts[b]`` (text) is
+    encoded with ``<bos>`` by ``teacher_tok``. Returns ``(teacher_rollout, student_ids,
+    teacher_ids)``: the teacher's :class:`Rollout` (:func:`dataset_rollout` layout, padded with
+    the teacher's pad id; width ``N_t``) and, per row, the counted student and teacher
+    completion ids (the inputs of :func:`span_groups`).
+    """
+    from ..errors import DataError
+
+    s_rows, t_rows, t_prompts = [], [], []
+    for b, (row, keep) in enumerate(zip(r.completion.tolist(), r.completion_mask.tolist())):
+        ids = [t for t, k in zip(row, keep) if k]
+        text = student_tok.decode(ids)
+        try:
+            t_ids = teacher_tok.encode(text)
+            t_prompts.append(teacher_tok.encode(prompts[b], add_bos=True))
+        except DataError as exc:
+            raise DataError(f"the teacher's tokenizer cannot read row {b} (prompt {prompts[b][:40]!r}, completion "
+                            f"{text[:40]!r}): {exc}") from None
+        if ids and ids[-1] == student_tok.eos_id:
+            t_ids.append(teacher_tok.eos_id)
+        s_rows.append(ids)
+        t_rows.append(t_ids)
+    t_r = dataset_rollout(t_prompts, t_rows, teacher_tok.pad_id, device if device is not None else r.completion.device)
+    return t_r, s_rows, t_rows
+
+
+def span_groups(student_ids: Sequence[int], teacher_ids: Sequence[int], student_tok: Any,
+                teacher_tok: Any) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """:func:`~.alignment.align_spans` of one completion's student and teacher tokens (their
+    character spans in the decoded text), plus the group ``((i_eos,), (j_eos,))`` when both end
+    with ``<eos>`` (the event "the text ends here", which covers no characters)."""
+    from .alignment import align_spans
+
+    groups = align_spans(student_tok.char_spans(student_ids), teacher_tok.char_spans(teacher_ids))
+    if (student_ids and teacher_ids and student_ids[-1] == student_tok.eos_id
+            and teacher_ids[-1] == teacher_tok.eos_id):
+        groups.append(((len(student_ids) - 1,), (len(teacher_ids) - 1,)))
+    return groups
+
+
+# --------------------------------------------------------------------------------------
+# a cached teacher
+# --------------------------------------------------------------------------------------
+
+
+class CachedLMTeacher:
+    """A frozen teacher read from a top-k cache (:class:`~.cache.LMCache`) by example index.
+
+    The cache must have been built over this run's ``(prompt_ids, completion_ids)`` pairs in
+    order (its dataset fingerprint is checked when the run builds it); :meth:`lookup` gives the
+    :class:`~.cache.CachedTopK` of a batch's examples, laid out like :func:`dataset_rollout`'s
+    completions of the same examples. There is nothing to sync or checkpoint.
+    """
+
+    sync = "cached"
+    prompt_fn = None
+    tokenizer = None
+    owns_weights = False
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+        self.device: Any = None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.cache.vocab_size)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.cache.temperature)
+
+    def to(self, device: Any) -> CachedLMTeacher:
+        self.device = device
+        return self
+
+    def lookup(self, indices: Sequence[int], device: Any = None) -> Any:
+        """The cached top-k ids, log-probs ``(B, N, k)``, tail mass and mask ``(B, N)`` of the examples."""
+        return self.cache.batch(list(indices), device if device is not None else self.device)
+
+    def score(self, *args: Any, **kwargs: Any) -> Tensor:
+        raise ConfigError("teacher.cache: a cached teacher has only the dataset's completions (supervised KD); it cannot "
+                          "score other completions. Use teacher.model / teacher.run for this mode.")
+
+    def after_step(self, step: int) -> None:
+        """Nothing to sync."""

@@ -17,6 +17,15 @@ completions to learn on:
   on-policy, else supervised; the coin is drawn from a generator seeded by ``(seed, step)``, so
   every rank and a resumed run draw the same.
 
+A cached teacher (``teacher.cache``, supervised mode) is read for the step's example indices
+and compared by :func:`~.divergences.topk_token_divergence` (forward KL against the top-k +
+tail, equal to the dense forward KL at ``k = V`` up to the cache's value precision). A teacher
+with its own tokenizer scores the completion text re-tokenised
+(:func:`~.teachers.retokenized_rollout`) and is compared on span-merged groups
+(``divergence.alignment: spans``, :func:`~.alignment.span_merged_divergence`, summed over the
+groups) or on order-aligned positions (``uld``, :func:`~.alignment.uld_loss`); either sum is
+divided by the number of the student's completion tokens like the other losses.
+
 The loss is taken on completion tokens only (prompt and padding and what follows EOS are
 masked); it is the sum of the per-token values divided by the number of completion tokens of
 the *global* batch (so two ranks average to exactly the one-process loss). On-policy steps
@@ -190,7 +199,7 @@ class SequenceTrainer:
         tok, cfg = self.tok, self.cfg
         prompts = [self.built.prompts[i] for i in indices]
         examples = [self.built.train[i] for i in indices]
-        extra: dict[str, Any] = {"examples": examples}
+        extra: dict[str, Any] = {"examples": examples, "indices": list(indices)}
         if on_policy:
             ids, mask = left_pad(prompts, tok.pad_id, self.device)
             g = torch.Generator(device=self.device).manual_seed(_seed_of(cfg.seed, 29, step, self.rank))
@@ -216,6 +225,10 @@ class SequenceTrainer:
             nll = -token_logprobs(s_logits, r.completion)
             return torch.where(mask, nll, torch.zeros_like(nll)).sum(), figures
         assert self.teacher is not None
+        if getattr(self.teacher, "sync", None) == "cached":
+            return self._cached_loss(s_logits, r, extra), figures
+        if getattr(self.teacher, "tokenizer", None) is not None or dcfg.alignment == "spans":
+            return self._cross_tokenizer_loss(s_logits, r, extra), figures
         t_ids = t_mask = None
         if self.teacher.prompt_fn is not None:
             texts = extra.get("texts") or [self.tok.decode(row) for row in r.completion.tolist()]
@@ -229,6 +242,8 @@ class SequenceTrainer:
             logp_t = token_logprobs(t_logits, r.completion, dcfg.temperature)
             if dcfg.estimator == "pg":
                 loss = reverse_kl_policy_gradient_loss(logp_s, logp_t, mask, advantage=dcfg.advantage, reduction="sum")
+            elif dcfg.estimator == "k1":  # no importance weight: grad = sum_t grad log p_s(y_t), zero in expectation
+                loss = torch.where(mask, logp_s - logp_t, torch.zeros_like(logp_s)).sum()
             else:
                 clip = None if dcfg.clip is None else (max(0.0, 1.0 - dcfg.clip), 1.0 + dcfg.clip)
                 loss = iw_reverse_kl_loss(logp_s, logp_t, r.logprobs, mask, clip=clip, reduction="sum")
@@ -242,6 +257,41 @@ class SequenceTrainer:
         loss = token_divergence(s_logits, t_logits, mask, dcfg.kind, beta=dcfg.beta, alpha=dcfg.alpha,
                                 temperature=dcfg.temperature, reduction="sum")
         return loss, figures
+
+    def _cached_loss(self, s_logits: torch.Tensor, r: Any, extra: dict[str, Any]) -> torch.Tensor:
+        """The summed top-k forward KL against the cached teacher of this batch's examples."""
+        from .divergences import topk_token_divergence
+
+        cached = self.teacher.lookup(extra["indices"], s_logits.device)
+        if cached.mask.shape != r.completion_mask.shape or not bool((cached.mask == r.completion_mask).all()):
+            raise ConfigError(f"teacher.cache: the cached completions of examples {extra['indices'][:8]} do not have this "
+                              "run's completion lengths; rebuild the cache over this config's training set.")
+        return topk_token_divergence(s_logits, cached.ids, cached.logprobs, cached.tail_mass, r.completion_mask,
+                                     temperature=self.cfg.divergence.temperature, reduction="sum")
+
+    def _cross_tokenizer_loss(self, s_logits: torch.Tensor, r: Any, extra: dict[str, Any]) -> torch.Tensor:
+        """The summed span-merged (or ULD) loss against a teacher that reads the completion text
+        with its own tokenizer (the student's when it has none)."""
+        from .alignment import span_merged_divergence, uld_loss
+        from .teachers import retokenized_rollout, span_groups
+
+        dcfg, teacher = self.cfg.divergence, self.teacher
+        t_tok = teacher.tokenizer or self.tok
+        prompts = [ex.prompt for ex in extra["examples"]]
+        if teacher.prompt_fn is not None:
+            texts = extra.get("texts") or [self.tok.decode(row) for row in r.completion.tolist()]
+            rewards = extra.get("rewards") or [None] * len(texts)
+            feedback = extra.get("feedback") or [None] * len(texts)
+            prompts = [teacher.prompt_fn(ex, t, rw, fb) for ex, t, rw, fb in zip(extra["examples"], texts, rewards, feedback)]
+        t_r, s_rows, t_rows = retokenized_rollout(r, self.tok, t_tok, prompts, self.device)
+        t_logits = teacher.score(t_r)
+        if dcfg.alignment == "uld":
+            return uld_loss(s_logits, t_logits, r.completion_mask, t_r.completion_mask, temperature=dcfg.temperature,
+                            reduction="sum")
+        logp_s = token_logprobs(s_logits, r.completion, dcfg.temperature)
+        logp_t = token_logprobs(t_logits, t_r.completion, dcfg.temperature)
+        groups = [span_groups(s, t, self.tok, t_tok) for s, t in zip(s_rows, t_rows)]
+        return span_merged_divergence(logp_s, logp_t, groups, kind=dcfg.kind, reduction="sum")
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step at ``step`` (0-based); returns the figures."""
