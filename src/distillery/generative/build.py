@@ -112,12 +112,16 @@ def build_method(cfg: GenerativeConfig, student: Denoiser, teacher: nn.Module | 
     check_params(cls, params, f"method {cfg.method.kind!r}", supplied=("student", "teacher", "seed"))
     from ..config.signatures import accepts
 
-    if accepts(cls, "seed") and "seed" not in params:
+    own_seed = accepts(cls, "seed")
+    if own_seed and "seed" not in params:
         params["seed"] = cfg.seed
     try:
-        return cls(student=student, teacher=teacher, **params)
+        method = cls(student=student, teacher=teacher, **params)
     except ConfigError as exc:
         raise ConfigError(f"method.params: {exc}") from None
+    # the base seed of the per-update draws (GenerativeMethod.drawing): the method's own seed or the run's
+    method.seed = int(params["seed"]) if own_seed else int(cfg.seed)
+    return method
 
 
 def _net(spec: dict[str, Any], sample_shape: tuple[int, ...], num_classes: int | None, where: str) -> nn.Module:

@@ -71,7 +71,10 @@ class NetCfg(Strict):
 class GenTeacherCfg(Strict):
     """The frozen teacher: ``analytic_mixture`` (the exact score of the data's mixture),
     ``run`` (a run directory of the denoising method: its config and exported weights) or
-    ``denoiser`` (a network and a ``.safetensors`` checkpoint)."""
+    ``denoiser`` (a network and a ``.safetensors`` checkpoint). ``shard``: under torchrun,
+    shard the frozen teacher's network over the processes with FSDP2 (``fully_shard``, the
+    existing engine's ``distributed: fsdp``), each rank holding ``1 / world`` of its weights,
+    all-gathered for each forward; ignored in a single process."""
 
     kind: Literal["analytic_mixture", "run", "denoiser"]
     run: str | None = None
@@ -79,6 +82,7 @@ class GenTeacherCfg(Strict):
     checkpoint: str | None = None
     prediction: PREDICTIONS = "eps"
     guidance: float | None = None
+    shard: bool = False
 
     @model_validator(mode="after")
     def _complete(self) -> GenTeacherCfg:
@@ -88,6 +92,8 @@ class GenTeacherCfg(Strict):
             raise ValueError("a teacher of kind 'denoiser' needs teacher.denoiser (name, params) and teacher.checkpoint (.safetensors)")
         if self.kind != "run" and self.run:
             raise ValueError(f"teacher.run is only read for kind 'run', not {self.kind!r}")
+        if self.shard and self.kind == "analytic_mixture":
+            raise ValueError("teacher.shard: the analytic_mixture teacher is a closed form with no weights to shard; remove shard")
         return self
 
 

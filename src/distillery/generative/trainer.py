@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..batch import to_device
 from ..engine import checkpoint as ckpt
@@ -42,6 +43,28 @@ from ..engine.trainer import _progress, build_optimizer, build_scheduler, resolv
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from .config import GenerativeConfig
 from .method import GenerativeMethod
+
+
+def shard_teacher(method: GenerativeMethod, device: torch.device) -> nn.Module:
+    """Shard ``method.teacher``'s network over the processes with FSDP2 (``fully_shard``, via
+    :func:`~distillery.engine.distributed.wrap_student`'s ``fsdp`` strategy): each rank keeps
+    ``1 / world`` of every weight, and a forward all-gathers them (bitwise the unsharded weights,
+    so the teacher's outputs do not change). The innermost ``net`` is sharded (what a
+    :class:`~.denoisers.Denoiser` or a guidance wrapper calls), with its ``features`` registered
+    as a forward method; every rank must call the teacher equally often (it is a collective).
+    Returns the sharded module."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    teacher = getattr(method, "teacher", None)
+    target = teacher
+    while isinstance(getattr(target, "denoiser", None), nn.Module) or isinstance(getattr(target, "net", None), nn.Module):
+        target = target.denoiser if isinstance(getattr(target, "denoiser", None), nn.Module) else target.net
+    if not isinstance(target, nn.Module) or not any(True for _ in target.parameters()):
+        raise ConfigError("teacher.shard: this method's teacher has no weights to shard; remove teacher.shard.")
+    sharded = D.wrap_student(target, "fsdp", device)
+    if callable(getattr(type(target), "features", None)):
+        register_fsdp_forward_method(target, "features")
+    return sharded
 
 
 class BatchStream:
@@ -139,6 +162,9 @@ class GenerativeTrainer:
     def _set_up(self, resume: bool) -> float:
         cfg, m = self.cfg, self.method
         self.world, self.rank = D.world_size(), D.rank()
+        self.teacher_sharded = cfg.teacher is not None and cfg.teacher.shard and self.world > 1
+        if self.teacher_sharded:
+            shard_teacher(m, self.device)
         self.stream = BatchStream(self.data, cfg.data.batch_size, cfg.seed, self.rank, self.world)
         self.params = {p: m.parameters_of(p) for p in m.players}
         for player, params in self.params.items():
@@ -211,9 +237,10 @@ class GenerativeTrainer:
         for player in m.players:
             k = m.updates(player)
             sums: dict[str, float] = {}
-            for _ in range(k):
+            for update in range(k):
                 batch = to_device(next(self.stream), self.device)
                 m.zero_grad(set_to_none=True)
+                m.begin_update(player, step, update)  # the key of this update's per-sample draws
                 loss, figs = m.loss(player, batch, step)
                 self._check_finite(player, loss, step)
                 loss.backward()
@@ -397,6 +424,7 @@ class GenerativeTrainer:
             "exported": list(m.exported()),
             "complete": not stopped,
             "world_size": self.world,
+            "teacher_sharded": bool(getattr(self, "teacher_sharded", False)),
         }
         if self.run_dir is not None and not stopped and D.is_main():
             for name, module in m.exported().items():

@@ -177,10 +177,9 @@ class PhasedDMD(DMD):
         return super().parameters_of(player)
 
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        if player == "fake_score":
-            return self.fake_loss(batch, step)
-        if player == "generator":
-            return self.generator_loss(batch, step)
+        if player in ("fake_score", "generator"):
+            with self.drawing(player, step):  # per-sample draws for the global batch, this rank's slice
+                return self.fake_loss(batch, step) if player == "fake_score" else self.generator_loss(batch, step)
         raise ConfigError(f"phased_dmd: unknown player {player!r}; the players are {', '.join(self.players)}.")
 
     def after_step(self, step: int) -> None:
@@ -200,20 +199,22 @@ class PhasedDMD(DMD):
         dtype = next(gen.parameters()).dtype
         times = self.generator_times.to(device=device, dtype=dtype)
         full = torch.cat([times, torch.tensor([gen.process.t_min], device=device, dtype=dtype)])
-        x = gen.process.prior((n, *self._sample_shape()), device=device, dtype=dtype)
+        x = self.draw.prior(gen.process, n, self._sample_shape(), device=device, dtype=dtype)
         first = phase * self.steps_per_phase
-        j = torch.randint(0, self.steps_per_phase, (n,), device=device)
+        j = self.draw.randint(0, self.steps_per_phase, n, device=device)
         last = first + int(j.max())
+        # the re-noising draws of every step this phase may need, whatever this rank's largest j
+        noise = [self.draw.randn_like(x) for _ in range(first + self.steps_per_phase - 1)]
         states = [x]
         with torch.no_grad():
             for i in range(last):
                 x0 = self.expert(i // self.steps_per_phase).predict(states[-1], full[i].expand(n), cond, "x0")
-                states.append(gen.process.add_noise(x0, torch.randn_like(x0), full[i + 1].expand(n)))
+                states.append(gen.process.add_noise(x0, noise[i], full[i + 1].expand(n)))
         idx = first + j
         x_in = torch.stack(states)[idx, torch.arange(n, device=device)]
         x0_hat = self.expert(phase).predict(x_in, full[idx], cond, "x0")
         s = self.boundaries[phase + 1].to(device=device, dtype=dtype).expand(n)
-        x_s = gen.process.add_noise(x0_hat, torch.randn_like(x0_hat), s)
+        x_s = gen.process.add_noise(x0_hat, self.draw.randn_like(x0_hat), s)
         return x_s, s, x0_hat
 
     def _phase_times(self, phase: int, s: torch.Tensor) -> torch.Tensor:
@@ -221,7 +222,7 @@ class PhasedDMD(DMD):
         lo = max(float(s[0]), self.t_range[0])
         hi = self.t_range[1] if self.interval == "reverse_nested" else min(float(self.boundaries[phase]), self.t_range[1])
         hi = max(hi, lo)
-        t = lo + (hi - lo) * torch.rand(s.shape[0], device=s.device, dtype=s.dtype)
+        t = lo + (hi - lo) * self.draw.rand(s.shape[0], device=s.device, dtype=s.dtype)
         return torch.maximum(t, s + 1e-4)
 
     # -- losses ---------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ class PhasedDMD(DMD):
         n, device, cond = self._batch(batch)
         x_s, s, _ = self.generate_phase(phase, n, cond, device)
         t = self._phase_times(phase, s)
-        x_t = renoise(self.teacher.process, x_s.detach(), torch.randn_like(x_s), s, t)
+        x_t = renoise(self.teacher.process, x_s.detach(), self.draw.randn_like(x_s), s, t)
         real_x0, fake_x0 = self.real_fake_x0(x_t, t, cond)
         if not torch.isfinite(fake_x0).all():
             raise NonFiniteLossError(
@@ -251,7 +252,7 @@ class PhasedDMD(DMD):
         with torch.no_grad():
             x_s, s, _ = self.generate_phase(phase, n, cond, device)
         t = self._phase_times(phase, s)
-        loss = subinterval_score_loss(self.fake, x_s, s, t, torch.randn_like(x_s), cond=cond, clamp=self.subinterval_clamp)
+        loss = subinterval_score_loss(self.fake, x_s, s, t, self.draw.randn_like(x_s), cond=cond, clamp=self.subinterval_clamp)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"phased_dmd: the fake_score player's loss is not finite ({float(loss.detach())}) at step {step}; the "

@@ -5,6 +5,7 @@ freezing a teacher and initialising a student from it. ODE steps and samplers ar
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,10 +34,13 @@ def sample_shape_of(denoiser: Denoiser, where: str) -> tuple[int, ...]:
 
 
 def prior_sample(denoiser: Denoiser, n: int, *, generator: torch.Generator | None = None,
-                 device: str | torch.device = "cpu", where: str = "sample") -> torch.Tensor:
-    """``(n, *sample_shape)`` draws from the denoiser's prior end (in its parameters' dtype)."""
+                 device: str | torch.device = "cpu", where: str = "sample", draw: Any = None) -> torch.Tensor:
+    """``(n, *sample_shape)`` draws from the denoiser's prior end (in its parameters' dtype),
+    from ``generator``, or from ``draw`` (a method's :attr:`~..method.GenerativeMethod.draw`)."""
     dtype = next(denoiser.parameters(), torch.empty(0)).dtype
     shape = (n, *sample_shape_of(denoiser, where))
+    if draw is not None and generator is None:
+        return draw.prior(denoiser.process, n, shape[1:], device=device, dtype=dtype)
     return denoiser.process.prior(shape, generator=generator, device=device, dtype=dtype)
 
 

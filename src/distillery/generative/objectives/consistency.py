@@ -29,7 +29,7 @@ import torch
 
 from ...errors import ConfigError
 from ..denoisers import Denoiser
-from ..method import METHODS, GenerativeMethod, ema_update
+from ..method import METHODS, GenerativeMethod, drawn, ema_update
 from ..processes import Process, expand
 from ..samplers import solve
 from .common import (
@@ -170,13 +170,14 @@ class ConsistencyDistillation(GenerativeMethod):
         guidance = self.guidance if cond is not None else None
         return solve(self.teacher, x, t, s, steps=1, solver=self.solver, cond=cond, guidance=guidance)
 
+    @drawn
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["x"]
         process = self.teacher.process
         grid = consistency_grid(process, self.num_scales, x.dtype, x.device)
-        n = torch.randint(0, self.num_scales - 1, (x.shape[0],), device=x.device)
+        n = self.draw.randint(0, self.num_scales - 1, x.shape[0], device=x.device)
         t_next, t_n = grid[n + 1], grid[n]
-        x_next = process.add_noise(x, torch.randn_like(x), t_next)
+        x_next = process.add_noise(x, self.draw.randn_like(x), t_next)
         cond = batch_cond(batch, self.student)
         with torch.no_grad():
             x_hat = self.teacher_step(x_next, t_next, t_n, batch_cond(batch, self.teacher))

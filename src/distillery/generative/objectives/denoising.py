@@ -36,7 +36,7 @@ from torch import nn
 from ...engine import distributed as D
 from ...errors import ConfigError
 from ..denoisers import Denoiser
-from ..method import METHODS, GenerativeMethod, ema_update
+from ..method import METHODS, BatchDraws, GenerativeMethod, ema_update
 from ..processes import Process, expand
 
 
@@ -127,11 +127,12 @@ class Denoising(GenerativeMethod):
 
     def _draws(self, x0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's slice of the global batch's ``(eps, t, uniform)`` draws at ``step``."""
-        world, rank, b = D.world_size(), D.rank(), x0.shape[0]
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) % (2**63))
-        eps = torch.randn((b * world, *x0.shape[1:]), generator=g)[rank * b:(rank + 1) * b]
-        t = sample_times(self.process, b * world, g, self.time_sampling, self.logit_mean, self.logit_std)[rank * b:(rank + 1) * b]
-        u = torch.rand(b * world, generator=g)[rank * b:(rank + 1) * b]
+        # BatchDraws with this method's own seed of (seed, step) (one update per step), kept so
+        # that denoising runs draw what they drew before the per-update seeds of the other methods
+        draw, b = BatchDraws((self.seed * 1_000_003 + step) % (2**63), D.rank(), D.world_size()), x0.shape[0]
+        eps = draw.randn(b, tuple(x0.shape[1:]))
+        t = draw.take(sample_times(self.process, b * draw.world, draw.generator, self.time_sampling, self.logit_mean, self.logit_std))
+        u = draw.rand(b)
         return eps.to(x0.device, x0.dtype), t.to(x0.device, x0.dtype), u.to(x0.device)
 
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -34,6 +34,13 @@ Multi-step generators (DMD2) denoise on fixed times ``t_max = t_0 > t_1 > ... > 
 In training, DMD2's *backward simulation* gives the generator the input it meets at sampling
 time: it runs itself (no grad) from noise for a random number ``k < K`` of its own steps, and the
 loss is taken on its ``x0`` prediction at ``t_k``.
+
+Randomness: inside the loop, every per-sample draw (prior noise, step index ``k``, re-noising,
+times, the GAN head's noising, regression pair indices) is made through ``self.draw``, for the
+global batch and sliced by rank (:meth:`~..method.GenerativeMethod.drawing`), so that a run on
+several processes matches one process; the re-noising of backward simulation is drawn for all
+``K - 1`` steps whatever a rank's largest ``k``. DMD's normalisation ``w`` is per sample, so it
+shards exactly.
 """
 
 from __future__ import annotations
@@ -353,11 +360,10 @@ class DMD(GenerativeMethod):
         return self.fake_updates if player == "fake_score" else 1
 
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        if player == "fake_score":
-            return self.fake_loss(batch, step)
-        if player == "generator":
-            return self.generator_loss(batch, step)
-        raise ConfigError(f"dmd: unknown player {player!r}; the players are {', '.join(self.players)}.")
+        if player not in ("fake_score", "generator"):
+            raise ConfigError(f"dmd: unknown player {player!r}; the players are {', '.join(self.players)}.")
+        with self.drawing(player, step):  # per-sample draws for the global batch, this rank's slice
+            return self.fake_loss(batch, step) if player == "fake_score" else self.generator_loss(batch, step)
 
     # -- the generator's samples --------------------------------------------------------------
     def _batch(self, batch: dict[str, torch.Tensor]) -> tuple[int, torch.device, torch.Tensor | None]:
@@ -370,7 +376,7 @@ class DMD(GenerativeMethod):
             return n, device, None
         cond = batch.get("y")
         if cond is None:
-            cond = torch.randint(0, classes, (n,), device=device)
+            cond = self.draw.randint(0, classes, n, device=device)
         return n, device, cond
 
     def generate(self, n: int, cond: torch.Tensor | None, device: torch.device, *,
@@ -383,21 +389,23 @@ class DMD(GenerativeMethod):
         simulation, no grad) or, without it, ``real`` data noised to ``t_k``."""
         gen, times = self.generator, self.generator_times.to(device)
         dtype = next(gen.parameters()).dtype
-        x = gen.process.prior((n, *self._sample_shape()), device=device, dtype=dtype)
-        k = torch.randint(0, self.generator_steps, (n,), device=device) if self.generator_steps > 1 else torch.zeros(n, dtype=torch.long, device=device)
+        x = self.draw.prior(gen.process, n, self._sample_shape(), device=device, dtype=dtype)
+        k = self.draw.randint(0, self.generator_steps, n, device=device) if self.generator_steps > 1 else torch.zeros(n, dtype=torch.long, device=device)
         t_in = times[k].to(dtype)
         if self.generator_steps > 1:
             if self.backward_simulation:
+                # the re-noising draws of every step, whatever this rank's largest k (same draws on every rank)
+                noise = [self.draw.randn_like(x) for _ in range(self.generator_steps - 1)]
                 states = [x]
                 with torch.no_grad():
                     for i in range(int(k.max())):
                         x0 = gen.predict(states[-1], times[i].expand(n).to(dtype), cond, "x0")
-                        states.append(gen.process.add_noise(x0, torch.randn_like(x0), times[i + 1].expand(n).to(dtype)))
+                        states.append(gen.process.add_noise(x0, noise[i], times[i + 1].expand(n).to(dtype)))
                 x = torch.stack(states)[k, torch.arange(n, device=device)]
             else:
                 if real is None:
                     raise ConfigError("dmd: backward_simulation=false needs real data batch['x'] to noise as the generator's input.")
-                noised = gen.process.add_noise(real.to(dtype), torch.randn_like(x), t_in)
+                noised = gen.process.add_noise(real.to(dtype), self.draw.randn_like(x), t_in)
                 x = torch.where((k == 0).reshape(n, *([1] * (x.dim() - 1))), x, noised)
         return gen.predict(x, t_in, cond, "x0"), t_in
 
@@ -413,7 +421,7 @@ class DMD(GenerativeMethod):
         return real, fake
 
     def _times(self, n: int, interval: tuple[float, float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        return self.teacher.process.sample_t(n, device=device, low=interval[0], high=interval[1]).to(dtype)
+        return self.draw.times(self.teacher.process, n, low=interval[0], high=interval[1], device=device, dtype=dtype)
 
     # -- losses ---------------------------------------------------------------------------------
     def generator_loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -421,7 +429,7 @@ class DMD(GenerativeMethod):
         n, device, cond = self._batch(batch)
         x_gen, _ = self.generate(n, cond, device, real=batch.get("x"))
         t = self._times(n, self.t_range, device, x_gen.dtype)
-        x_t = self.teacher.process.add_noise(x_gen.detach(), torch.randn_like(x_gen), t)
+        x_t = self.teacher.process.add_noise(x_gen.detach(), self.draw.randn_like(x_gen), t)
         real_x0, fake_x0 = self.real_fake_x0(x_t, t, cond)
         if not torch.isfinite(fake_x0).all():
             raise NonFiniteLossError(
@@ -450,7 +458,7 @@ class DMD(GenerativeMethod):
         """DMD's regression loss: mean squared error between the one-step generator on the
         stored teacher noises and the teacher's ODE samples from them (a random batch of
         ``n`` pairs)."""
-        idx = torch.randint(0, self.pairs_noise.shape[0], (n,), device=self.pairs_noise.device)
+        idx = self.draw.randint(0, self.pairs_noise.shape[0], n, device=self.pairs_noise.device)
         x_T, x0 = self.pairs_noise[idx].to(device), self.pairs_x0[idx].to(device)
         t = self.generator_times[0].to(device=device, dtype=x_T.dtype).expand(n)
         return ((self.generator.predict(x_T, t, None, "x0") - x0) ** 2).mean()
@@ -462,7 +470,7 @@ class DMD(GenerativeMethod):
         with torch.no_grad():
             x_gen, _ = self.generate(n, cond, device, real=batch.get("x"))
         t = self._times(n, self.fake_t_range, device, x_gen.dtype)
-        dsm = fake_score_loss(self.fake, x_gen, t, torch.randn_like(x_gen), cond=cond, weighting=self.fake_weighting)
+        dsm = fake_score_loss(self.fake, x_gen, t, self.draw.randn_like(x_gen), cond=cond, weighting=self.fake_weighting)
         loss = dsm
         logs = {"denoising": float(dsm.detach())}
         if self.gan_head is not None:
@@ -493,7 +501,7 @@ class DMD(GenerativeMethod):
         and the noised input ``x_t`` (requiring grad with ``track``, for R1 on what the
         classifier sees)."""
         t = self._times(x.shape[0], self.fake_t_range, x.device, x.dtype)
-        x_t = self.teacher.process.add_noise(x, torch.randn_like(x), t)
+        x_t = self.teacher.process.add_noise(x, self.draw.randn_like(x), t)
         if track:
             x_t = x_t.detach().requires_grad_(True)
         return self.gan_head(features_of(self.fake)(x_t, t, cond)), x_t

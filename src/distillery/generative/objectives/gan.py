@@ -24,7 +24,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ..denoisers import Denoiser, TimeEmbedding
-from ..method import METHODS, GenerativeMethod
+from ..method import METHODS, GenerativeMethod, drawn
 from ..processes import Process, check_interval
 from ..samplers import sample as ode_sample
 from .common import (
@@ -194,17 +194,18 @@ class AdversarialDistillation(GenerativeMethod):
     def generate(self, n: int, cond: torch.Tensor | None = None, *, generator: torch.Generator | None = None,
                  device: str | torch.device = "cpu") -> torch.Tensor:
         """One-step samples ``(n, *shape)``: the student's ``x0`` at ``t_max`` from prior noise."""
-        x_T = prior_sample(self.student, n, generator=generator, device=device, where="gan distillation")
+        x_T = prior_sample(self.student, n, generator=generator, device=device, where="gan distillation", draw=self.draw)
         return self.student.predict(x_T, torch.full((n,), self.student.process.t_max, dtype=x_T.dtype, device=x_T.device), cond, "x0")
 
     def _noised_logits(self, x: torch.Tensor, cond: torch.Tensor | None, track: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         process = self.student.process
-        t = process.sample_t(x.shape[0], device=x.device, high=self.d_time_max).to(x.dtype)
-        x_t = process.add_noise(x, torch.randn_like(x), t)
+        t = self.draw.times(process, x.shape[0], high=self.d_time_max, device=x.device, dtype=x.dtype)
+        x_t = process.add_noise(x, self.draw.randn_like(x), t)
         if track:
             x_t = x_t.detach().requires_grad_(True)
         return self.discriminator(x_t, t, cond), x_t
 
+    @drawn
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         real = batch["x"]
         cond = batch_cond(batch, self.student)

@@ -23,7 +23,7 @@ import torch
 
 from ...errors import ConfigError
 from ..denoisers import Denoiser
-from ..method import METHODS, GenerativeMethod
+from ..method import METHODS, GenerativeMethod, drawn
 from ..processes import Process, expand
 from ..samplers import sample as ode_sample
 from ..samplers import solve
@@ -142,15 +142,16 @@ class ProgressiveDistillation(GenerativeMethod):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- training -------------------------------------------------------------------------------
+    @drawn
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["x"]
         process = self.teacher.process
         n = self.student_steps
         grid = process.timesteps(n).to(device=x.device, dtype=x.dtype)
-        i = torch.randint(0, n, (x.shape[0],), device=x.device)
+        i = self.draw.randint(0, n, x.shape[0], device=x.device)
         t, s = grid[i], grid[i + 1]
         cond = batch_cond(batch, self.teacher)
-        z_t = process.add_noise(x, torch.randn_like(x), t)
+        z_t = process.add_noise(x, self.draw.randn_like(x), t)
         with torch.no_grad():
             target = progressive_target(process, z_t, teacher_two_steps(self.teacher, z_t, t, s, cond), t, s)
         x0 = self.student.predict(z_t, t, batch_cond(batch, self.student), "x0")

@@ -18,7 +18,7 @@ import torch
 
 from ...errors import ConfigError
 from ..denoisers import Denoiser
-from ..method import METHODS, GenerativeMethod
+from ..method import METHODS, GenerativeMethod, drawn
 from ..processes import Process, expand
 from ..samplers import ode_pairs
 from ..samplers import sample as ode_sample
@@ -110,16 +110,17 @@ class Reflow(GenerativeMethod):
             cond = self.pool_y
         self.pool_x.copy_(teacher_pairs(self.teacher, self.pool_eps, steps=self.pair_steps, solver=self.solver, cond=cond))
 
+    @drawn
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         b = batch["x"].shape[0]
-        idx = torch.randint(0, self.pool_x.shape[0], (b,), device=self.pool_x.device)
+        idx = self.draw.randint(0, self.pool_x.shape[0], b, device=self.pool_x.device)
         x, eps = self.pool_x[idx], self.pool_eps[idx]
         cond = self.pool_y[idx] if self.student.num_classes else None
         process = self.student.process
         if self.distill:
             t = torch.full((b,), process.t_max, dtype=x.dtype, device=x.device)
         else:
-            t = process.sample_t(b, device=x.device).to(x.dtype)
+            t = self.draw.times(process, b, device=x.device, dtype=x.dtype)
         x_t, target = reflow_interpolation(process, x, eps, t)
         loss = reflow_loss(self.student.predict(x_t, t, cond, "velocity"), target)
         return loss, {"loss": float(loss.detach())}

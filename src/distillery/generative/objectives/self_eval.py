@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, NonFiniteLossError
-from ..method import METHODS, GenerativeMethod, ema_update
+from ..method import METHODS, GenerativeMethod, drawn, ema_update
 from .denoising import denoising_target
 from .dmd import _interval, dmd_generator_grad, dmd_generator_loss, fake_score_loss
 
@@ -158,6 +158,7 @@ class SelfE(GenerativeMethod):
     def updates(self, player: str) -> int:
         return self.fake_updates if player == "fake_score" else 1
 
+    @drawn
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if player == "model":
             return self.model_loss(batch, step)
@@ -171,12 +172,12 @@ class SelfE(GenerativeMethod):
             return None
         cond = batch["y"].clone()
         if dropout and self.label_dropout:
-            cond[torch.rand(cond.shape[0], device=cond.device) < self.label_dropout] = self.model.num_classes
+            cond[self.draw.rand(cond.shape[0], device=cond.device) < self.label_dropout] = self.model.num_classes
         return cond
 
     def _uniform(self, n: int, interval: tuple[float, float], like: torch.Tensor) -> torch.Tensor:
         lo, hi = interval
-        return lo + (hi - lo) * torch.rand(n, device=like.device, dtype=like.dtype)
+        return lo + (hi - lo) * self.draw.rand(n, device=like.device, dtype=like.dtype)
 
     def jump_starts(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_t, t)``: where the evaluated jumps start, ``(B, ...)`` and ``(B,)``: pure noise at
@@ -184,14 +185,14 @@ class SelfE(GenerativeMethod):
         U(jump_range)`` for the rest."""
         n, process = x0.shape[0], self.process
         t = self._uniform(n, self.jump_range, x0)
-        t = torch.where(torch.rand(n, device=x0.device) < self.prior_fraction, torch.full_like(t, process.t_max), t)
-        return process.add_noise(x0, torch.randn_like(x0), t), t
+        t = torch.where(self.draw.rand(n, device=x0.device) < self.prior_fraction, torch.full_like(t, process.t_max), t)
+        return process.add_noise(x0, self.draw.randn_like(x0), t), t
 
     def flow_matching_loss(self, x0: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """``L_data``: ``mean_b mean_d (D(x_t, t) - target)^2``, ``t`` uniform on the process
         interval, ``target`` the regression target of the model's prediction kind."""
         process = self.process
-        eps = torch.randn_like(x0)
+        eps = self.draw.randn_like(x0)
         t = self._uniform(x0.shape[0], (process.t_min, process.t_max), x0)
         pred = self.model(process.add_noise(x0, eps, t), t, cond)
         return (pred - denoising_target(process, x0, eps, t, self.model.prediction)).pow(2).flatten(1).mean(1).mean()
@@ -218,7 +219,7 @@ class SelfE(GenerativeMethod):
             x_t, t = self.jump_starts(x0)
             x_hat = self.model.predict(x_t, t, cond, "x0")
             r = self._uniform(x0.shape[0], self.t_range, x0)
-            x_r = self.process.add_noise(x_hat.detach(), torch.randn_like(x_hat), r)
+            x_r = self.process.add_noise(x_hat.detach(), self.draw.randn_like(x_hat), r)
             real, fake = self.scores(x_r, r, cond)
             if not (torch.isfinite(fake).all() and torch.isfinite(real).all()):
                 raise NonFiniteLossError(f"self_e: a score estimate is not finite at step {step}; lower the learning rates.")
@@ -236,7 +237,7 @@ class SelfE(GenerativeMethod):
             x_t, t = self.jump_starts(x0)
             x_hat = self.model.predict(x_t, t, cond, "x0")
         r = self._uniform(x0.shape[0], self.t_range, x0)
-        loss = fake_score_loss(self.fake, x_hat, r, torch.randn_like(x_hat), cond=cond)
+        loss = fake_score_loss(self.fake, x_hat, r, self.draw.randn_like(x_hat), cond=cond)
         return loss, {"denoising": float(loss.detach())}
 
     def after_step(self, step: int) -> None:

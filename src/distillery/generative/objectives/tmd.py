@@ -152,9 +152,9 @@ class TMD(DMD):
         outer steps."""
         n, device, cond = self._batch(batch)
         times = self.generator_times.to(device)
-        k = torch.randint(0, self.generator_steps, (n,), device=device)
+        k = self.draw.randint(0, self.generator_steps, n, device=device)
         if self.adapt_target == "teacher":
-            idx = torch.randint(0, self.adapt_x0.shape[0], (n,), device=self.adapt_x0.device)
+            idx = self.draw.randint(0, self.adapt_x0.shape[0], n, device=self.adapt_x0.device)
             x_t = self.adapt_states[k.to(self.adapt_states.device), idx].to(device)
             y0 = self.adapt_x0[idx].to(device)
             cond = None  # the pairs are unconditional teacher trajectories
@@ -163,9 +163,10 @@ class TMD(DMD):
             if x is None:
                 raise ConfigError("tmd: adapt_target 'data' needs data samples batch['x'].")
             y0 = x.to(next(self.generator.parameters()).dtype)
-            x_t = self.generator.process.add_noise(y0, torch.randn_like(y0), times[k].to(y0.dtype))
+            x_t = self.generator.process.add_noise(y0, self.draw.randn_like(y0), times[k].to(y0.dtype))
         t = times[k].to(x_t.dtype)
-        loss = head_flow_matching_loss(self.generator.net, x_t, t, y0, cond=cond)
+        s, z = self.draw.rand(n, device=device, dtype=y0.dtype), self.draw.randn_like(y0)
+        loss = head_flow_matching_loss(self.generator.net, x_t, t, y0, cond=cond, s=s, z=z)
         return loss, {"adapt": float(loss.detach())}
 
     def generator_loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:

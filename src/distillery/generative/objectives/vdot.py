@@ -40,6 +40,12 @@ Adaptations, marked [inferred] on docs/methods/vdot.md:
   generator's samples and a real data batch ``batch["x"]``.
 
 Pure functions: :func:`ot_generator_grad`. The method: :class:`VDOT` (``"vdot"``).
+
+Under torchrun the OT term is *not* what one process computes: its transport plan couples the
+samples of a batch, and each rank solves it on its own slice (``B / world`` points), so a run on
+several processes optimises a different (smaller-batch) OT objective. The KL and GAN terms and
+all draws shard exactly (:mod:`.dmd`); the 1-process equivalence of the generative engine
+excludes the OT term.
 """
 
 from __future__ import annotations
@@ -146,7 +152,7 @@ class VDOT(DMD):
         """DMD's generator direction ``(B, ...)`` at a fresh noising of ``x_gen`` (stop-grad)."""
         n = x_gen.shape[0]
         t = self._times(n, self.t_range, x_gen.device, x_gen.dtype)
-        x_t = self.teacher.process.add_noise(x_gen.detach(), torch.randn_like(x_gen), t)
+        x_t = self.teacher.process.add_noise(x_gen.detach(), self.draw.randn_like(x_gen), t)
         real_x0, fake_x0 = self.real_fake_x0(x_t, t, cond)
         self._check_fake(fake_x0, step)
         return dmd_generator_grad(x_gen, real_x0, fake_x0, normalize=self.normalize)
@@ -167,7 +173,7 @@ class VDOT(DMD):
             return ot_generator_grad(real.to(x_gen.dtype), x_gen, **kw)
         n = x_gen.shape[0]
         t = self._times(n, self.t_range, x_gen.device, x_gen.dtype)
-        x_t = self.teacher.process.add_noise(x_gen.detach(), torch.randn_like(x_gen), t)
+        x_t = self.teacher.process.add_noise(x_gen.detach(), self.draw.randn_like(x_gen), t)
         real_x0, fake_x0 = self.real_fake_x0(x_t, t, cond)
         self._check_fake(fake_x0, step)
         return ot_generator_grad(real_x0, fake_x0, **kw)
