@@ -235,16 +235,39 @@ TASKS: dict[str, type[Task]] = {"addition": AdditionTask, "sorting": SortingTask
                                 "program": ProgramTask}
 
 
+def _task_class(kind: Any) -> type[Task] | None:
+    """A registered task, or for ``"module:Class"`` that :class:`Task` subclass (imported, so a
+    task defined outside this module needs no import before the config is read)."""
+    if not isinstance(kind, str):
+        return None
+    if kind in TASKS:
+        return TASKS[kind]
+    if ":" not in kind:
+        return None
+    import importlib
+
+    module, _, name = kind.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"task: cannot load {kind!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"task: {kind!r} is not a subclass of distillery.sequence.tasks.Task.")
+    return cls
+
+
 def build_task(spec: dict[str, Any]) -> Task:
-    """A task from ``{"kind": "addition" | "sorting" | "dyck" | "program", "params": {...}}``."""
-    if not isinstance(spec, dict) or spec.get("kind") not in TASKS:
+    """A task from ``{"kind": "addition" | "sorting" | "dyck" | "program" | "module:Class",
+    "params": {...}}``."""
+    cls = _task_class(spec.get("kind")) if isinstance(spec, dict) else None
+    if cls is None:
         kind = spec.get("kind") if isinstance(spec, dict) else spec
-        raise ConfigError(f"task: kind must be one of {sorted(TASKS)}, got {kind!r}.")
+        raise ConfigError(f"task: kind must be one of {sorted(TASKS)} or 'module:Class', got {kind!r}.")
     bad = sorted(set(spec) - {"kind", "params"})
     if bad:
         raise ConfigError(f"task: unknown key(s) {bad}; allowed: kind, params.")
     params = spec.get("params") or {}
     try:
-        return TASKS[spec["kind"]](**params)
+        return cls(**params)
     except TypeError as exc:
         raise ConfigError(f"task {spec['kind']}: bad params {sorted(params)}: {exc}") from None
