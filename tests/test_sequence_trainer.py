@@ -242,6 +242,12 @@ def _shortened(path: Path, tmp_path: Path) -> dict:
         assert source.is_file(), f"{path.name}: its teacher run {teacher['run']} has no shipped config {source.name}"
         _shortened(source, tmp_path / "teacher_run")
         sets.append(f"teacher.run={tmp_path / 'teacher_run' / 'run'}")
+    student_path = (raw.get("student") or {}).get("path")
+    if student_path and Path(student_path).name == "student" and Path(student_path).parent.parent.name == "runs":
+        source = path.parent / f"{Path(student_path).parent.name}.yaml"  # a student started from an earlier run's
+        assert source.is_file(), f"{path.name}: its student run {student_path} has no shipped config {source.name}"
+        _shortened(source, tmp_path / "student_run")
+        sets.append(f"student.path={tmp_path / 'student_run' / 'run' / 'student'}")
     return run_sequence(load_config(path, sets), tmp_path / "run")
 
 
