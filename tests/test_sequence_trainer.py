@@ -168,18 +168,16 @@ def test_build_fills_the_vocabulary_from_the_tokenizer():
     assert built.student.vocab_size == built.tokenizer.vocab_size == 3 + len("0123456789+=")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_two_gloo_processes_match_one_process_in_supervised_mode(tmp_path):
-    """Each rank takes its slice of the global batch, the loss is normalised by the global token
-    count and gradients are averaged: two processes end with one process's weights (1e-5)."""
+def _one_and_two_processes(tmp_path, raw) -> tuple[dict, dict]:
+    """Run ``raw`` with ``distillery run`` in one process (``n1``) and under torchrun with two
+    gloo processes (``n2``); returns the two students' weights (after checking the keys match)."""
     import socket
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    path = _write(tmp_path, _raw(train={"steps": 5, "batch_size": 8, "device": "cpu"}))
+    path = _write(tmp_path, raw)
     env = dict(os.environ, PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     for n in (1, 2):
         cli = ["-m", "distillery.cli", "run", str(path), "--out", str(tmp_path / f"n{n}")]
@@ -191,9 +189,85 @@ def test_two_gloo_processes_match_one_process_in_supervised_mode(tmp_path):
         proc = subprocess.run([sys.executable, *cli], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_file(str(tmp_path / "n1" / "student.safetensors")), load_file(str(tmp_path / "n2" / "student.safetensors"))
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and a
+    return a, b
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_two_gloo_processes_match_one_process_in_supervised_mode(tmp_path):
+    """Each rank takes its slice of the global batch, the loss is normalised by the global token
+    count and gradients are averaged: two processes end with one process's weights (1e-5)."""
+    a, b = _one_and_two_processes(tmp_path, _raw(train={"steps": 5, "batch_size": 8, "device": "cpu"}))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+
+
+SHARDED_RUNS = {
+    "supervised": {},
+    # greedy rollouts (temperature 0): sampled ones are seeded per rank, so only greedy ones are
+    # the same for one and two processes; the sharded teacher scores each rank's own rollouts
+    "on_policy": {"mode": "on_policy", "divergence": {"kind": "reverse_kl"}},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+@pytest.mark.parametrize("mode", sorted(SHARDED_RUNS))
+def test_fsdp_sharded_teacher_on_two_gloo_processes_matches_one_process(tmp_path, mode):
+    """``teacher.shard: true``: the frozen teacher (two blocks, each its own FSDP2 group) is
+    sharded over the two gloo ranks and all-gathered per forward; the students end with one
+    unsharded process's weights (1e-5). One process ignores ``teacher.shard``."""
+    teacher = {"model": {"kind": "tiny_gpt", "params": {"dim": 16, "depth": 2, "heads": 2, "max_len": 16}}, "shard": True}
+    raw = _raw(teacher=teacher, **SHARDED_RUNS[mode])
+    raw["train"].update(steps=4, batch_size=8, device="cpu", temperature=0.0)
+    a, b = _one_and_two_processes(tmp_path, raw)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=k)
+    one, two = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("n1", "n2"))
+    assert (one["teacher_sharded"], two["teacher_sharded"], two["world_size"]) == (False, True, 2)
+
+
+def test_teacher_shard_is_refused_where_the_teacher_changes_or_is_cached():
+    with pytest.raises(ConfigError, match=r"teacher: .*teacher.shard: only a frozen teacher can be sharded; sync 'ema'"):
+        parse_sequence_config(_raw(teacher={"model": None, "sync": "ema", "shard": True}))
+    with pytest.raises(ConfigError, match=r"teacher.shard: a teacher.cache is read from disk"):
+        parse_sequence_config(_raw(teacher={"cache": "c", "shard": True}))
+    assert parse_sequence_config(_raw(teacher={"shard": True})).teacher.shard
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_sharded_teacher_scores_like_the_unsharded_one_and_frees_its_gathered_weights(tmp_path):
+    """One gloo process (FSDP2 runs at world size 1): the sharded teacher's scores and greedy
+    completions equal the unsharded teacher's bit for bit, and after a forward under no_grad its
+    parameters are DTensor shards again (the root too: not left gathered)."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from distillery.sequence.sampler import generate
+    from distillery.sequence.teachers import dataset_rollout
+
+    built = build_sequence(_cfg(teacher={"model": {"kind": "tiny_gpt", "params": {"dim": 16, "depth": 2, "heads": 2,
+                                                                                    "max_len": 16}}, "shard": True}))
+    teacher, tok = built.teacher, built.tokenizer
+    plain = copy.deepcopy(teacher.lm)
+    r = dataset_rollout(built.prompts[:5], built.completions[:5], tok.pad_id)
+    ids = torch.tensor([built.prompts[0], built.prompts[1]])
+    ref_scores = teacher.score(r)
+    ref_greedy = generate(plain, ids, max_new_tokens=3, temperature=0.0, eos_id=tok.eos_id, pad_id=tok.pad_id).completion
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        sharded = teacher.shard()
+        assert all(isinstance(p, DTensor) for p in sharded.parameters())
+        assert torch.equal(teacher.score(r), ref_scores)
+        with torch.no_grad():
+            greedy = generate(teacher.lm, ids, max_new_tokens=3, temperature=0.0, eos_id=tok.eos_id, pad_id=tok.pad_id)
+        assert torch.equal(greedy.completion, ref_greedy)
+        assert all(isinstance(p, DTensor) for p in sharded.parameters())  # resharded after each forward
+    finally:
+        dist.destroy_process_group()
 
 
 def test_hf_student_is_saved_the_transformers_way(tmp_path, capsys):

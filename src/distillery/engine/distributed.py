@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -178,6 +178,32 @@ def wrap_student(student: torch.nn.Module, strategy: str, device: torch.device, 
 
         return fully_shard(student)
     raise ConfigError(f"Unknown distributed strategy {strategy!r}; choose 'ddp' or 'fsdp'.")
+
+
+def shard_frozen(module: torch.nn.Module, blocks: Iterable[torch.nn.Module] = (),
+                 forward_methods: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Shard a frozen module (a teacher) over the processes with FSDP2 (``fully_shard``, in
+    place; returns ``module``, whose class becomes an ``FSDPModule`` subclass of its own).
+
+    Each rank keeps ``1 / world`` of every parameter (dim-0 chunks, DTensors); a call of
+    ``module.forward`` (or of a method named in ``forward_methods``, registered with
+    ``register_fsdp_forward_method``) all-gathers them first, so the outputs are those of the
+    unsharded weights bit for bit, and frees the gathered copies afterwards
+    (``reshard_after_forward=True`` on the root too: FSDP2's default keeps a root gathered
+    after its forward, expecting a backward that a frozen teacher under ``no_grad`` never
+    runs). Each module of ``blocks`` (e.g. the transformer layers) is sharded as its own group
+    first, so at most one block plus the root's own weights are gathered at a time. Every rank
+    must call the module equally often (each forward is a collective). It runs on CPU with
+    gloo as well as on GPUs (the module must already be on its device)."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    for block in blocks:
+        if any(True for _ in block.parameters()):
+            fully_shard(block, reshard_after_forward=True)
+    fully_shard(module, reshard_after_forward=True)
+    for name in forward_methods:
+        register_fsdp_forward_method(module, name)
+    return module
 
 
 @contextlib.contextmanager

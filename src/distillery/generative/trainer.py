@@ -47,24 +47,19 @@ from .method import GenerativeMethod
 
 def shard_teacher(method: GenerativeMethod, device: torch.device) -> nn.Module:
     """Shard ``method.teacher``'s network over the processes with FSDP2 (``fully_shard``, via
-    :func:`~distillery.engine.distributed.wrap_student`'s ``fsdp`` strategy): each rank keeps
+    the engines' shared :func:`~distillery.engine.distributed.shard_frozen`): each rank keeps
     ``1 / world`` of every weight, and a forward all-gathers them (bitwise the unsharded weights,
-    so the teacher's outputs do not change). The innermost ``net`` is sharded (what a
-    :class:`~.denoisers.Denoiser` or a guidance wrapper calls), with its ``features`` registered
-    as a forward method; every rank must call the teacher equally often (it is a collective).
-    Returns the sharded module."""
-    from torch.distributed.fsdp import register_fsdp_forward_method
-
+    so the teacher's outputs do not change) and frees them again. The innermost ``net`` is
+    sharded (what a :class:`~.denoisers.Denoiser` or a guidance wrapper calls), with its
+    ``features`` registered as a forward method; every rank must call the teacher equally often
+    (it is a collective). Returns the sharded module."""
     teacher = getattr(method, "teacher", None)
     target = teacher
     while isinstance(getattr(target, "denoiser", None), nn.Module) or isinstance(getattr(target, "net", None), nn.Module):
         target = target.denoiser if isinstance(getattr(target, "denoiser", None), nn.Module) else target.net
     if not isinstance(target, nn.Module) or not any(True for _ in target.parameters()):
         raise ConfigError("teacher.shard: this method's teacher has no weights to shard; remove teacher.shard.")
-    sharded = D.wrap_student(target, "fsdp", device)
-    if callable(getattr(type(target), "features", None)):
-        register_fsdp_forward_method(target, "features")
-    return sharded
+    return D.shard_frozen(target, forward_methods=("features",) if callable(getattr(type(target), "features", None)) else ())
 
 
 class BatchStream:

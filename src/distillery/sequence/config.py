@@ -52,6 +52,7 @@ RESUMABLE_CHANGES = (
     "train.progress",
     "train.tensorboard",
     "train.device",
+    "teacher.shard",
     "eval",
     "name",
 )
@@ -170,7 +171,14 @@ class SeqTeacherCfg(Strict):
     forward_kl``). With ``model`` / ``run`` as well, those are the weights the cache is built
     from and checked against. ``tokenizer``: the teacher's own tokenizer (with ``model``); the
     teacher then scores the student's completion *text* re-tokenised with it, compared by
-    ``divergence.alignment`` (``spans`` or ``uld``)."""
+    ``divergence.alignment`` (``spans`` or ``uld``).
+
+    ``shard``: under torchrun (world > 1), shard the frozen teacher LM over the processes with
+    FSDP2 (:func:`~distillery.engine.distributed.shard_frozen`: each rank holds ``1 / world`` of
+    its weights, each transformer block all-gathered only for its forward), for a teacher too big
+    for one device; the run's numbers do not change. Only for ``sync: frozen`` without
+    ``cache`` (an EMA / hard-copy / live teacher's weights change with the student's); ignored
+    by a single process."""
 
     model: LMCfg | None = None
     run: str | None = None
@@ -180,9 +188,15 @@ class SeqTeacherCfg(Strict):
     decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99
     every: PosInt = 50
     privileged: PrivilegedCfg | None = None
+    shard: bool = False
 
     @model_validator(mode="after")
     def _complete(self) -> SeqTeacherCfg:
+        if self.shard and self.cache is not None:
+            raise ValueError("teacher.shard: a teacher.cache is read from disk, no teacher model runs; remove teacher.shard")
+        if self.shard and self.sync != "frozen":
+            raise ValueError(f"teacher.shard: only a frozen teacher can be sharded; sync {self.sync!r} changes the teacher's "
+                             "weights with the student's (use sync: frozen, or remove teacher.shard)")
         if self.model is not None and self.run is not None:
             raise ValueError("give teacher.model or teacher.run, not both")
         if self.sync != "frozen" and (self.model is not None or self.run is not None):

@@ -228,6 +228,28 @@ class SequenceTeacher:
             self.lm.to(device)
         return self
 
+    def shard(self) -> nn.Module:
+        """Shard the frozen teacher LM over the processes with FSDP2 (``teacher.shard``, under
+        torchrun; call after :meth:`to`): :func:`~distillery.engine.distributed.shard_frozen` on
+        the module the sequence-engine contract calls (the LM itself, or the TinyGPT inside a
+        peft wrapper), each layer of its longest ``nn.ModuleList`` (the transformer blocks) a
+        group of its own. Scores and greedy completions are those of the unsharded teacher (the
+        weights are all-gathered bit for bit); every rank must score equally often. Returns the
+        sharded module."""
+        from ..engine.distributed import shard_frozen
+        from .models import TinyGPT, _base_hf
+
+        if self.sync != "frozen":
+            raise ConfigError(f"teacher.shard: only a frozen teacher can be sharded, got sync {self.sync!r}.")
+        target = self.lm
+        if isinstance(_base_hf(target), TinyGPT):  # a peft TinyGPT is called through its base model
+            target = _base_hf(target)
+        if not any(True for _ in target.parameters()):
+            raise ConfigError("teacher.shard: the teacher has no weights to shard; remove teacher.shard.")
+        lists = [m for m in target.modules() if isinstance(m, nn.ModuleList)]
+        blocks = list(max(lists, key=len)) if lists else []
+        return shard_frozen(target, blocks)
+
     @torch.no_grad()
     def score(self, r: Rollout, prompt_ids: Tensor | None = None, prompt_mask: Tensor | None = None) -> Tensor:
         """The teacher's logits ``(B, N, V)`` at the rollout's completion positions (float, no

@@ -120,6 +120,9 @@ class SequenceTrainer:
     def _set_up(self, resume: bool) -> float:
         cfg = self.cfg
         self.world, self.rank = D.world_size(), D.rank()
+        self.teacher_sharded = bool(cfg.teacher is not None and cfg.teacher.shard and self.world > 1)
+        if self.teacher_sharded:
+            self.teacher.shard()  # FSDP2 over the ranks (teacher.shard); a collective from here on
         self.per_rank = D.per_rank_batch(cfg.train.batch_size, "train.batch_size")
         self.stream = IndexStream(len(self.built.train), cfg.train.batch_size, cfg.seed)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
@@ -416,6 +419,7 @@ class SequenceTrainer:
             "final": {k: v for k, v in last.items() if k != "step"},
             "complete": not stopped,
             "world_size": self.world,
+            "teacher_sharded": bool(getattr(self, "teacher_sharded", False)),
         }
         if self.run_dir is not None and not stopped and D.is_main():
             from .generate import export_student
