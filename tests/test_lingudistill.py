@@ -148,3 +148,113 @@ def test_metrics_and_recovered_fraction():
     assert caption_accuracy(model, caps) == want
     assert recovered_fraction(10.0, 20.0, 19.0) == pytest.approx(0.1)
     assert recovered_fraction(10.0, 20.0, 21.0) == pytest.approx(-0.1)
+
+
+# --- on the sequence engine: the router as a token mask, the LM contract for the language head ---
+
+
+def test_routed_kd_is_the_sequence_engines_token_divergence_under_the_router_mask():
+    from distillery.sequence.divergences import token_divergence
+    from distillery.sequence.vlm import router_mask, routed_token_divergence
+
+    torch.manual_seed(2)
+    s = torch.randn(3, 5, 7, dtype=torch.float64)
+    t = torch.randn(3, 5, 7, dtype=torch.float64)
+    route = torch.tensor([1, 0, 1])
+    targets = torch.tensor([[1, -1, 2, 0, -1], [3, 3, 3, 3, 3], [-1, -1, -1, -1, -1]])
+    mask = router_mask(route, targets)
+    assert mask.tolist() == [[True, False, True, True, False], [False] * 5, [False] * 5]
+    assert router_mask(route.bool(), None, 2).tolist() == [[True, True], [False, False], [True, True]]
+    # forward KL at T = 3 written out, mean over the three counted tokens
+    T = 3.0
+    want = []
+    for b, i in mask.nonzero().tolist():
+        log_p, log_q = torch.log_softmax(t[b, i] / T, 0), torch.log_softmax(s[b, i] / T, 0)
+        want.append(T * T * float((log_p.exp() * (log_p - log_q)).sum()))
+    got = routed_token_divergence(s, t, route, targets, temperature=T)
+    assert got.item() == pytest.approx(sum(want) / 3, rel=1e-12)
+    assert routed_token_kd_loss(s, t, route, targets, T).item() == pytest.approx(got.item(), rel=1e-12)
+    # every kind of the engine is available to the router
+    for kind in ("reverse_kl", "jsd", "tvd"):
+        torch.testing.assert_close(routed_token_divergence(s, t, route, targets, kind, reduction="none"),
+                                   token_divergence(s, t, mask, kind, reduction="none"))
+    # routed_kd's "none": each sample's mean over its counted tokens
+    none = routed_token_kd_loss(s, t, route, targets, T, reduction="none")
+    assert none.tolist()[1:] == [0.0, 0.0] and none[0].item() == pytest.approx(sum(want) / 3, rel=1e-12)
+    with pytest.raises(ShapeError, match="route must have shape"):
+        routed_token_divergence(s, t, route[:2], targets)
+
+
+def _packed_language_batch(n=4, seq_len=8, seed=6):
+    splits = load_dataset("grammar_vlm", mode="mixture", n_train=n, n_test=2, seq_len=seq_len, seed=seed)
+    return splits.train.x.double()
+
+
+def test_tiny_lm_language_head_follows_the_lm_contract():
+    from distillery.errors import ConfigError
+    from distillery.sequence.models import LMOutput
+    from distillery.sequence.vlm import TinyLMLanguageHead, language_lm
+
+    model = _tiny(4).eval()
+    x = _packed_language_batch()
+    has_image, _, tokens = unpack_multimodal(x)
+    lm = language_lm(model)
+    assert isinstance(lm, TinyLMLanguageHead) and language_lm(lm) is lm and (lm.vocab_size, lm.max_len) == (len(VOCAB), 8)
+    out = lm(tokens)
+    assert isinstance(out, LMOutput) and out.past is None
+    # text-only samples: the packed forward's logits; hidden is what the head multiplies
+    torch.testing.assert_close(out.logits[~has_image], model(x)["tokens"][~has_image])
+    torch.testing.assert_close(model.head(out.hidden), out.logits)
+    # fewer tokens, and right padding, leave the earlier positions as they were (causal)
+    torch.testing.assert_close(lm(tokens[:, :5]).logits, out.logits[:, :5])
+    pad = torch.ones_like(tokens)
+    pad[:, 6:] = 0
+    torch.testing.assert_close(lm(tokens, pad).logits[:, :6], out.logits[:, :6])
+    with pytest.raises(ConfigError, match="only pad on the right"):
+        lm(tokens, pad.flip(1))
+    with pytest.raises(ConfigError, match="no key/value cache"):
+        lm(tokens, use_cache=True)
+    with pytest.raises(ConfigError, match="exceeds the context"):
+        lm(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_language_kd_on_the_lm_contract_equals_the_routed_kd_objective():
+    from distillery.sequence.vlm import language_kd_loss
+
+    student, teacher = _tiny(5), _tiny(6).eval()
+    x = _packed_language_batch(n=6, seed=7)
+    out = student(x)
+    with torch.no_grad():
+        t_out = teacher(x)
+    objective = RoutedTokenKD(2.0)(out["tokens"], t_out["tokens"], out["language"], out["targets"])
+    (g_obj,) = torch.autograd.grad(objective, student.embed.weight)
+    # the same KD through the contract: the language-only rows, their next-token targets as the mask
+    lang = out["language"]
+    tokens = unpack_multimodal(x)[2][lang]
+    kd = language_kd_loss(student, teacher, tokens, out["targets"][lang] >= 0, temperature=2.0)
+    (g_kd,) = torch.autograd.grad(kd, student.embed.weight)
+    torch.testing.assert_close(kd, objective)
+    torch.testing.assert_close(g_kd, g_obj)
+
+
+def test_language_kd_runs_unchanged_on_hugging_face_language_models():
+    pytest.importorskip("transformers")
+    from distillery.sequence.divergences import token_divergence
+    from distillery.sequence.models import TinyGPT, copy_into_gpt2
+    from distillery.sequence.vlm import language_kd_loss
+
+    torch.manual_seed(8)
+    tiny_student = TinyGPT(vocab=len(VOCAB), dim=16, depth=1, heads=2, max_len=16).double()
+    tiny_teacher = TinyGPT(vocab=len(VOCAB), dim=16, depth=1, heads=2, max_len=16).double()
+    hf_student, hf_teacher = copy_into_gpt2(tiny_student), copy_into_gpt2(tiny_teacher)
+    ids = torch.randint(3, len(VOCAB), (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    ours = language_kd_loss(tiny_student, tiny_teacher, ids, mask, kind="jsd", beta=0.3)
+    hf = language_kd_loss(hf_student, hf_teacher, ids, mask, kind="jsd", beta=0.3)
+    want = token_divergence(hf_student(ids).logits, hf_teacher(ids).logits, mask, "jsd", beta=0.3)
+    torch.testing.assert_close(hf, want)
+    torch.testing.assert_close(hf, ours)
+    hf.backward()
+    assert hf_student.transformer.wte.weight.grad is not None
+    assert all(p.grad is None for p in hf_teacher.parameters())

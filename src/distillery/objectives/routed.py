@@ -10,14 +10,16 @@ Per routed sample ``b`` and text position ``t`` whose target is not ignored (``t
 ``T^2 * KL(softmax(teacher_bt / T) || softmax(student_bt / T))``. ``"mean"``: the mean over
 all counted (sample, position) pairs of the batch (0, with a graph, when none is routed);
 ``"none"``: ``[B]``, each sample's mean over its counted positions (0 if not routed).
+
+Computed by the sequence engine: :func:`distillery.sequence.vlm.routed_token_divergence`, i.e.
+:func:`distillery.sequence.divergences.token_divergence` (``forward_kl``) with the router as
+its token mask (:func:`distillery.sequence.vlm.router_mask`).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ShapeError
@@ -25,9 +27,7 @@ from ..registry import OBJECTIVES
 from ._common import (
     check_reduction,
     check_temperature,
-    kl_from_log_probs,
     shape_str,
-    upcast,
 )
 from .base import Objective
 
@@ -60,15 +60,14 @@ def routed_token_kd_loss(
         raise ShapeError(f"routed_kd: route must have shape [{b}], got {shape_str(route)}.")
     if targets is not None and targets.shape != (b, length):
         raise ShapeError(f"routed_kd: targets must have shape [{b}, {length}], got {shape_str(targets)}.")
-    s, t = upcast(student, teacher)
-    kl = kl_from_log_probs(F.log_softmax(t / T, -1), F.log_softmax(s / T, -1)) * (T * T)  # [B, L]
-    counted = route.bool()[:, None].expand(b, length)
-    if targets is not None:
-        counted = counted & (targets >= 0)
-    kl = torch.where(counted, kl, torch.zeros_like(kl))
+    # the sequence engine's per-token divergence under the router's mask (imported here: the
+    # sequence package is loaded only when used)
+    from ..sequence.vlm import router_mask, routed_token_divergence
+
     if reduction == "mean":
-        return kl.sum() / counted.sum().clamp(min=1)
-    return kl.sum(1) / counted.sum(1).clamp(min=1)
+        return routed_token_divergence(student, teacher, route, targets, "forward_kl", temperature=T)
+    kl = routed_token_divergence(student, teacher, route, targets, "forward_kl", temperature=T, reduction="none")
+    return kl.sum(1) / router_mask(route, targets, length).sum(1).clamp(min=1)  # [B]
 
 
 @OBJECTIVES.register("routed_kd")

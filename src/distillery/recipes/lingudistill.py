@@ -15,7 +15,13 @@ Wiring in distillery:
   adaptation to images (the same architecture, so its token logits align with the student's);
 * data router: the student's ``language`` signal (True for samples without an image) gates
   the ``routed_kd`` term (:class:`~distillery.objectives.routed.RoutedTokenKD`, token-level
-  ``KL(teacher || student)`` on routed samples' text positions);
+  ``KL(teacher || student)`` on routed samples' text positions), computed by the sequence
+  engine: :func:`distillery.sequence.divergences.token_divergence` with the router as its
+  token mask (:func:`distillery.sequence.vlm.routed_token_divergence`);
+* the language head as a causal LM: :func:`distillery.sequence.vlm.language_lm` gives a
+  ``tiny_lm`` (or a Hugging Face language model) the sequence engine's contract
+  ``input_ids -> LMOutput``, and :func:`distillery.sequence.vlm.language_kd_loss` is the same
+  KD written against that contract only (the path for a Hugging Face VLM's language head);
 * the usual next-token cross-entropy (``ce`` on ``student.tokens`` vs ``student.targets``)
   stays on every sample, so multimodal samples keep their captioning loss.
 

@@ -15,6 +15,10 @@ always saw). Output dict:
 * ``language``: bool ``[B]``, True for samples without an image (for the data router).
 
 Modules: ``embed``, ``projector``, ``blocks.<i>.attn`` / ``blocks.<i>.mlp``, ``norm``, ``head``.
+
+Its language head (text without an image) follows the sequence engine's LM contract through
+:class:`distillery.sequence.vlm.TinyLMLanguageHead` (``input_ids -> LMOutput(logits, past,
+hidden)``), built on :meth:`TinyLM.text_hidden` and :meth:`TinyLM.language_prefix`.
 """
 
 from __future__ import annotations
@@ -75,6 +79,21 @@ class TinyLM(nn.Module):
         nn.init.normal_(self.position, std=0.02)
         nn.init.normal_(self.no_image, std=0.02)
 
+    def text_hidden(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The final-norm hidden states ``[B, T, dim]`` at the ``T <= seq_len`` text positions,
+        given the ``[B, P, dim]`` prefix slots and int64 ``tokens [B, T]``: what ``head``
+        multiplies (``tokens`` logits = ``head(text_hidden(...))``)."""
+        t = tokens.shape[1]
+        h = torch.cat([prefix, self.embed(tokens)], dim=1) + self.position[:, :self.prefix_tokens + t]
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h[:, self.prefix_tokens:])
+
+    def language_prefix(self, batch: int) -> torch.Tensor:
+        """The ``[B, P, dim]`` prefix of a sample without an image (the learned ``no_image``
+        slots: all the pre-adaptation LM ever saw)."""
+        return self.no_image.expand(batch, -1, -1)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         from ...data.miniature.language import unpack_multimodal
 
@@ -88,10 +107,7 @@ class TinyLM(nn.Module):
         b, d = x.shape[0], self.embed.embedding_dim
         image = self.projector(feats).view(b, self.prefix_tokens, d)
         prefix = torch.where(has_image[:, None, None], image, self.no_image.expand(b, -1, -1))
-        h = torch.cat([prefix, self.embed(tokens)], dim=1) + self.position
-        for block in self.blocks:
-            h = block(h)
-        text_logits = self.head(self.norm(h[:, self.prefix_tokens:]))  # [B, L, V]
+        text_logits = self.head(self.text_hidden(prefix, tokens))  # [B, L, V]
         nxt = torch.full_like(tokens, -1)
         nxt[:, :-1] = tokens[:, 1:]
         nxt = nxt.masked_fill(nxt == self.pad_token, -1)
