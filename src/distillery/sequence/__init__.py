@@ -16,7 +16,19 @@ and ``transformers`` / ``peft`` / ``tokenizers`` are imported inside the functio
   packing with per-segment positions).
 * :mod:`~distillery.sequence.tasks`: procedural tasks with verifiers (addition, sorting, Dyck,
   a small list-program DSL) returning a reward and feedback text.
-* per-token divergences, sampled-token estimators and cross-tokenizer alignment
-  (``divergences``, ``estimators``, ``alignment``), and later the trainer (offline, supervised,
-  on-policy and GKD-mixed modes).
+* :mod:`~distillery.sequence.divergences`, :mod:`~distillery.sequence.estimators`,
+  :mod:`~distillery.sequence.alignment`: per-token divergences over the vocabulary (full,
+  chunked, top-k with a tail), sampled-token estimators for on-policy use, cross-tokenizer
+  alignment (ULD, span merging).
+* :mod:`~distillery.sequence.cache`: a teacher cached as top-k log-probs per token.
+* the loop: :mod:`~distillery.sequence.config` (``engine: sequence``), :mod:`~distillery.sequence.teachers`
+  (frozen / live / EMA / hard-copy / privileged-prompt / cached / other-tokenizer teachers,
+  ``rollout`` and ``score`` as separate calls), :mod:`~distillery.sequence.trainer` (supervised,
+  sequence-KD, on-policy and GKD-mixed modes), :mod:`~distillery.sequence.run`,
+  :mod:`~distillery.sequence.generate`; :mod:`~distillery.sequence.vlm` (a VLM's language head
+  under the LM contract, LinguDistill's routed KD).
+* parts of the papers' methods: :mod:`~distillery.sequence.guided` and
+  :mod:`~distillery.sequence.reward_head` (PSRD), :mod:`~distillery.sequence.skills` (Skill-SD),
+  :mod:`~distillery.sequence.diagnostics` (per-position errors, sample precision/diversity), and
+  their miniature tasks (``revision``, ``gridworld``, ``visual_programs``, ``captions``, ``contrast``).
 """
