@@ -30,20 +30,24 @@ from .engine.build import (
     trainer_kwargs,
 )
 from .engine.distiller import Distiller, Term, signal_names
+from .engine.rundir import (  # noqa: F401  (prepare_run_dir and the helpers are re-exported from here)
+    MISSING as _MISSING,
+    RESUMABLE_LOGGING,
+    check_resumed,
+    differences as _differences,
+    prepare_run_dir,
+    remove_failed_start as _remove_failed_start,
+    run_in_dir,
+    short as _short,
+)
 from .engine.trainer import Trainer, resolve_device, seed_everything
-from .errors import ConfigError, RunDirError
+from .errors import ConfigError
 from .teachers import PrecomputedTeacher
 
 
 RESUMABLE_CHANGES = (
     "train.epochs",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.log_every",
-    "train.progress",
-    "train.tensorboard",
-    "train.device",
+    *RESUMABLE_LOGGING,
     "data.num_workers",
     "data.eval_batch_size",
     "name",
@@ -53,82 +57,11 @@ schedule is then recomputed over the new total), and how the run is logged, chec
 placed. Any other difference from the run's stored ``config.yaml`` is refused."""
 
 
-def prepare_run_dir(out: Path, *, resume: bool = False, overwrite: bool = False, resumable: bool = True) -> Path:
-    """Create ``out``; refuse to reuse a non-empty one unless ``resume`` or ``overwrite``.
-
-    With ``resume`` nothing is created or written: ``out`` must be a run directory (it holds
-    the ``config.yaml`` a run writes first)."""
-    out = Path(out)
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite contradict each other; give one of them.")
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} is a file, not a directory. Nothing was changed; choose another --out.")
-    exists = out.exists() and any(out.iterdir())
-    if resume:
-        if not exists:
-            raise RunDirError(f"--resume was given, but the run directory {out} does not exist or is empty.")
-        if not (out / "config.yaml").is_file():
-            raise RunDirError(
-                f"--resume was given, but {out} is not a run directory (it has no config.yaml). Nothing was "
-                "written to it. Give the --out of the run to continue."
-            )
-        return out
-    if exists:
-        if not overwrite:
-            raise RunDirError(
-                f"The run directory {out} already exists and is not empty. Nothing was changed. "
-                + ("Pass --resume to continue that run, --overwrite to replace it, or choose another --out."
-                   if resumable else "Pass --overwrite to replace it, or choose another --out.")
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def check_resumed_config(out: Path, cfg: RunConfig) -> list[str]:
     """Compare ``cfg`` with the config stored in the run directory ``out``; refuse any
     difference outside :data:`RESUMABLE_CHANGES` with a message listing the changed keys.
     Returns the allowed changes (``key: old -> new``). Writes nothing."""
-    import yaml
-
-    stored_file = Path(out) / "config.yaml"
-    try:
-        stored = yaml.safe_load(stored_file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RunDirError(f"Cannot read the stored config {stored_file} of the run to resume: {exc}") from None
-    current = yaml.safe_load(dump_config(cfg))
-    changed = _differences(stored, current)
-    refused = [(k, a, b) for k, a, b in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
-    if refused:
-        listed = "; ".join(f"{k}: {_short(a)} in the run, {_short(b)} now" for k, a, b in refused[:12])
-        more = f" (and {len(refused) - 12} more)" if len(refused) > 12 else ""
-        raise RunDirError(
-            f"--resume: the config differs from the one the run in {out} was started with: {listed}{more}. "
-            f"Nothing was changed. Resume with the run's own config ({stored_file}), or start a new run "
-            f"(another --out). Keys a resume may change: {', '.join(RESUMABLE_CHANGES)}."
-        )
-    return [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in changed]
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, value in a, value in b)`` for every leaf where two config trees differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in list(a) + [k for k in b if k not in a]:
-            path = f"{prefix}.{key}" if prefix else str(key)
-            out += _differences(a.get(key, _MISSING), b.get(key, _MISSING), path)
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{prefix}.{i}")]
-    return [] if a == b else [(prefix or "<top>", a, b)]
-
-
-_MISSING = "(absent)"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return check_resumed(out, dump_config(cfg), RESUMABLE_CHANGES)
 
 
 def load_data(cfg: RunConfig):
@@ -242,24 +175,12 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, overwrite: bool = Fa
     D.init_from_env(cfg.train.device)
     if cfg.teacher is not None:
         cfg.teacher.preflight()  # e.g. a missing cache fails before the run directory is made
-    kept_folder = Path(out).is_dir() and not any(Path(out).iterdir())  # an empty folder the user made
-    out = D.on_main(lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
-    if resume and D.is_main():
-        changes = check_resumed_config(out, cfg)
-        if changes:
-            print(f"resuming {out} with changed settings: {'; '.join(changes)}")
-    try:
-        if D.is_main():
-            ckpt.atomic_write_text(out / "config.yaml", dump_config(cfg))
-        summary = _train(cfg, out, resume)
-    except Exception:  # not KeyboardInterrupt: an interrupted run stays, to be resumed
-        if not resume and D.is_main():
-            _remove_failed_start(out, keep_folder=kept_folder)
-        raise
+    summary = run_in_dir(out, lambda start: _train(cfg, start.out, resume), config_text=dump_config(cfg),
+                         resumable=RESUMABLE_CHANGES, resume=resume, overwrite=overwrite)
     if report and D.is_main():
         from .evaluation.report import write_report
 
-        write_report(out)
+        write_report(Path(out))
     return summary
 
 
@@ -317,17 +238,3 @@ def _train(cfg: RunConfig, out: Path, resume: bool) -> dict[str, Any]:
     # student starts from the beginning, which is where the run stood
     student_resume = resume and ckpt.latest_checkpoint(out / "checkpoints") is not None
     return built.trainer.fit(resume=student_resume)
-
-
-def _remove_failed_start(out: Path, keep_folder: bool = False) -> None:
-    """Remove what a failed start wrote into ``out``, unless it holds something worth keeping
-    (a checkpoint or trained weights, e.g. a teacher fitted before the failure). An empty
-    folder that existed before the start is emptied, not removed."""
-    out = Path(out)
-    if not out.is_dir() or any(out.rglob("step-*")) or any(out.rglob("*.safetensors")):
-        return
-    if keep_folder:
-        for child in out.iterdir():
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(out, ignore_errors=True)

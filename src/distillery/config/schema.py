@@ -50,6 +50,7 @@ from pydantic import (
 from .. import teachers  # noqa: F401  (importing registers the teacher kinds and their sections)
 from ..errors import ConfigError
 from ..registry import TEACHERS, WEIGHTINGS
+from . import messages as _messages
 from .base import (  # noqa: F401  (re-exported: ``from distillery.config import ViewCfg``)
     BatchSize,
     ModelCfg,
@@ -241,10 +242,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         from ..sequence.config import parse_sequence_config
 
         return parse_sequence_config(raw, source)  # type: ignore[return-value]
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+    return validate_config(RunConfig, raw, source)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -258,94 +256,17 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = []
-    errors = exc.errors()
-    # drop the union tags pydantic inserts (e.g. 'frozen' for the discriminated teacher)
-    paths = [_strip_tags([str(p) for p in err["loc"]]) for err in errors]
-    for err, path_parts in zip(errors, paths):
-        loc = [str(p) for p in err["loc"]]
-        siblings = sum(1 for other in paths if other[: len(path_parts)] == path_parts) > 1
-        if siblings and _other_branch(err):
-            continue  # "weight: 0.5 | {kind: ...}": the error of the branch the value's shape selects is the useful one
-        path = ".".join(path_parts)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(_strip_tags(loc[:-1]), loc)
-            msg = f"unknown key{'; allowed keys: ' + ', '.join(allowed) if allowed else ''}"
-        elif "input" in err and err["type"] not in ("missing", "value_error") and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r}){_quoted_number_hint(err)}"
-        lines.append(f"{path or '<top>'}: {msg}")
-    return f"Invalid config ({source}): " + "; ".join(lines) + "."
+def validate_config(root: type[Any], raw: Any, source: str = "config") -> Any:
+    """``root.model_validate(raw)`` with distillery's error message (:mod:`.messages`)."""
+    return _messages.validate_config(root, raw, source, union_tags=root is RunConfig)
 
 
-_SCALAR_TYPES = ("float_type", "int_type", "bool_type", "string_type", "tuple_type", "list_type")
-_MAPPING_TYPES = ("model_attributes_type", "model_type", "dict_type")
+def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    """``Invalid config (source): key.path: message; ...`` for a failed validation of ``root``
+    (default :class:`RunConfig`; the engines pass their own root config class)."""
+    return _messages.format_validation_error(exc, source, root or RunConfig, union_tags=root is None or root is RunConfig)
 
 
-def _other_branch(err: Any) -> bool:
-    """Whether ``err`` comes from the member of a union ``number | section`` that the value's
-    shape does not select: a number's branch seeing a mapping, or a section's seeing a number."""
-    if isinstance(err.get("input"), dict):
-        return err["type"] in _SCALAR_TYPES
-    return err["type"] in _MAPPING_TYPES
-
-
-def _quoted_number_hint(err: Any) -> str:
-    """For a string where a number belongs, when the string reads as one: say that it is quoted."""
-    value = err.get("input")
-    if err["type"] not in ("float_type", "int_type") or not isinstance(value, str):
-        return ""
-    try:
-        float(value)
-    except ValueError:
-        return ""
-    return f"; a number in quotes is a string: write {value} without quotes"
-
-
-_TAGS = {
-    *(name for registry in (TEACHERS, WEIGHTINGS) for name, cls in registry.sections() if "kind" in cls.model_fields),
-    "float", "int", "str", "bool", "list[dict[str,any]]",
-}
-"""The labels pydantic puts into an error's location for a union member (the ``kind`` of a
-tagged section, the type of a plain one); they are left out of the key path a message names."""
-
-
-_TAG_PREFIXES = ("function-", "tagged-union", "union[", "constrained-", "tuple[", "list[", "dict[", "nullable[")
-
-
-def _strip_tags(loc: list[str]) -> list[str]:
-    return [p for p in loc if p not in _TAGS and not p.startswith(_TAG_PREFIXES)]
-
-
-def _allowed_keys(path: list[str], raw_loc: list[str]) -> list[str]:
-    """Field names of the config section at ``path`` (best effort, for error messages)."""
-    model: Any = RunConfig
-    tags = [p for p in raw_loc if p in _TAGS]
-    for part in path:
-        if part.isdigit():
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = _model_of(field.annotation, tags)
-        if model is None:
-            return []
-    return sorted(getattr(model, "model_fields", {}))
-
-
-def _model_of(annotation: Any, tags: list[str]) -> Any:
-    import typing
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_of(arg, tags)
-        if found is not None:
-            kind = getattr(found, "model_fields", {}).get("kind")
-            if kind is not None and tags:
-                options = typing.get_args(kind.annotation)
-                if tags[0] not in options:
-                    continue
-            return found
-    return None
+def describe_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """Every error of ``exc`` as ``key.path: message`` (see :mod:`.messages`)."""
+    return _messages.describe_validation_error(exc, root or RunConfig, union_tags=root is None or root is RunConfig)

@@ -30,19 +30,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..config.base import BatchSize, PosFloat, PosInt, Strict
 from ..config.devices import device_problem
 from ..config.training import OptimizerCfg, SchedulerCfg
+from ..engine.rundir import RESUMABLE_LOGGING
 from ..errors import ConfigError
 
 PREDICTIONS = Literal["eps", "x0", "v", "velocity"]
 
 RESUMABLE_CHANGES = (
     "train.steps",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.log_every",
-    "train.progress",
-    "train.tensorboard",
-    "train.device",
+    *RESUMABLE_LOGGING,
     "eval",
     "name",
 )
@@ -161,7 +156,9 @@ class GenTrainCfg(Strict):
             try:
                 OptimizerCfg.model_validate(merged)
             except ValidationError as exc:
-                raise ValueError(f"optimizers.{player}: {_flat_errors(exc)}") from None
+                from ..config.messages import describe_validation_error
+
+                raise ValueError(f"optimizers.{player}: {describe_validation_error(exc, OptimizerCfg)}") from None
         return self
 
     def optimizer_for(self, player: str) -> dict[str, Any]:
@@ -244,42 +241,9 @@ def is_generative(raw: Any) -> bool:
 
 def parse_generative_config(raw: dict[str, Any], source: str = "config") -> GenerativeConfig:
     """Validate a raw dict; a failure is a ConfigError naming every bad key."""
-    try:
-        return GenerativeConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"Invalid config ({source}): {_flat_errors(exc)}.") from None
+    from ..config.messages import validate_config
 
-
-def _flat_errors(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[", "constrained-"))]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed(loc[:-1])
-            msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
-        elif "input" in err and err["type"] not in ("missing", "value_error") and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r})"
-        parts.append(f"{'.'.join(loc) or '<top>'}: {msg}")
-    return "; ".join(parts)
-
-
-def _allowed(path: list[str]) -> list[str]:
-    import typing
-
-    model: Any = GenerativeConfig
-    for part in path:
-        if part.isdigit():
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        ann = field.annotation
-        candidates = [ann, *typing.get_args(ann)]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, Strict)), None)
-        if model is None:
-            return []
-    return sorted(model.model_fields)
+    return validate_config(GenerativeConfig, raw, source)
 
 
 __all__ = [

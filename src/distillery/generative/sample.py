@@ -19,19 +19,12 @@ from ..errors import ConfigError, RunDirError
 
 def load_generative_run(run_dir: Path) -> tuple[Any, Any]:
     """``(config, build)`` of a generative run directory, its method holding the trained weights."""
-    import yaml
-
+    from ..engine.rundir import read_run_config
     from .build import build_generative
-    from .config import is_generative, parse_generative_config
+    from .config import parse_generative_config
 
     run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise RunDirError(f"{run_dir} is not a run directory (it has no config.yaml). Give the folder 'distillery run' wrote.")
-    raw = yaml.safe_load(config.read_text())
-    if not is_generative(raw):
-        raise ConfigError(f"{run_dir} is not a generative run (its config.yaml has no 'engine: generative'); 'distillery sample' samples generative runs.")
-    cfg = parse_generative_config(raw, str(config))
+    cfg = read_run_config(run_dir, "generative", parse_generative_config, "; 'distillery sample' samples generative runs")
     built = build_generative(cfg, probe=False)
     method = built.method
     exported = method.exported()

@@ -25,7 +25,6 @@ restored afterwards, so evaluating never changes training), scored by the metric
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,9 +37,9 @@ from ..batch import to_device
 from ..engine import checkpoint as ckpt
 from ..engine import distributed as D
 from ..engine.loading import make_loader
-from ..engine.logger import MetricsLogger
-from ..engine.trainer import _progress, build_optimizer, build_scheduler, resolve_device
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..engine.steploop import StepLoop
+from ..engine.trainer import build_optimizer, build_scheduler
+from ..errors import CheckpointError, ConfigError
 from .config import GenerativeConfig
 from .method import GenerativeMethod
 
@@ -125,7 +124,7 @@ def _metric_table() -> dict[str, Callable[..., dict[str, float]]]:
     }
 
 
-class GenerativeTrainer:
+class GenerativeTrainer(StepLoop):
     """Trains ``method`` on ``data`` (a map-style dataset of ``{"x", "y"}``) as ``cfg.train`` says.
 
     Args:
@@ -141,22 +140,17 @@ class GenerativeTrainer:
     def __init__(self, method: GenerativeMethod, data: Any, cfg: GenerativeConfig, run_dir: str | Path | None = None, *,
                  reference: torch.Tensor | None = None, mixture: Any = None, num_classes: int | None = None,
                  stop_after_steps: int | None = None) -> None:
-        self.cfg, self.data, self.reference, self.mixture = cfg, data, reference, mixture
+        super().__init__(cfg, run_dir, stop_after_steps)
+        self.data, self.reference, self.mixture = data, reference, mixture
         self.num_classes = num_classes
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.stop_after_steps = stop_after_steps
-        self.device = D.device_for_rank(resolve_device(cfg.train.device))
         self.method = method.to(self.device)
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.last_checkpoint: Path | None = None
         table = _metric_table()
         self.metrics = {name: table[name] for name in cfg.eval.metrics}
 
     # -- set-up ------------------------------------------------------------------------------
     def _set_up(self, resume: bool) -> float:
         cfg, m = self.cfg, self.method
-        self.world, self.rank = D.world_size(), D.rank()
+        self._start_ranks()
         self.teacher_sharded = cfg.teacher is not None and cfg.teacher.shard and self.world > 1
         if self.teacher_sharded:
             shard_teacher(m, self.device)
@@ -172,16 +166,16 @@ class GenerativeTrainer:
         self.optimizers = {p: build_optimizer(self.params[p], cfg.train.optimizer_for(p)) for p in m.players}
         sched = cfg.train.scheduler.model_dump()
         self.schedulers = {p: build_scheduler(self.optimizers[p], sched, cfg.train.steps * m.updates(p)) for p in m.players}
-        self.ckpt_root = self.run_dir / "checkpoints" if self.run_dir is not None else None
         elapsed = 0.0
         if resume:
-            elapsed = self._resume()
+            elapsed = self._resume(("model", "optimizer"))
         elif self.world > 1:
             self._broadcast()
-        self.logger = None
-        if self.run_dir is not None and self.rank == 0:
-            self.logger = MetricsLogger(self.run_dir, cfg.train.tensorboard, resume_step=self.step if resume else None)
+        self._start_logging(resume)
         return elapsed
+
+    def _trained(self) -> nn.Module:
+        return self.method
 
     def _broadcast(self) -> None:
         """The same start on every rank: rank 0's trainable state (not the frozen teacher)."""
@@ -194,39 +188,7 @@ class GenerativeTrainer:
                     dist.broadcast(tensor.data, src=0)
 
     # -- the loop ------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train ``cfg.train.steps`` steps (from the last checkpoint with ``resume``); returns the
-        summary, also written to ``summary.json`` with the exported weights."""
-        elapsed = self._set_up(resume)
-        t0 = time.perf_counter() - elapsed
-        total, m = self.cfg.train.steps, self.method
-        bar = _progress(total - self.step, f"{self.cfg.name or 'generative'}", self.cfg.train.progress and self.rank == 0)
-        m.train()
-        stopped = False
-        try:
-            while self.step < total:
-                figures = self._train_step(self.step)
-                self.step += 1
-                bar.update(1)
-                self._log(figures, bar)
-                final = self.step == total
-                every = self.cfg.train.eval_every
-                if final or (every and self.step % every == 0):
-                    self._evaluate()
-                stop = self.stop_after_steps is not None and self.step >= self.stop_after_steps
-                every = self.cfg.train.checkpoint_every
-                if final or stop or (every and self.step % every == 0):
-                    self._checkpoint(time.perf_counter() - t0)
-                if stop and not final:
-                    stopped = True
-                    break
-        finally:
-            bar.close()
-            if self.logger is not None:
-                self.logger.close()
-        return self._finish(time.perf_counter() - t0, stopped)
-
-    def _train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, float]:
         """Every player's updates at ``step`` (0-based), then ``after_step``; returns the figures."""
         m, figures = self.method, {}
         for player in m.players:
@@ -237,15 +199,13 @@ class GenerativeTrainer:
                 m.zero_grad(set_to_none=True)
                 m.begin_update(player, step, update)  # the key of this update's per-sample draws
                 loss, figs = m.loss(player, batch, step)
-                self._check_finite(player, loss, step)
+                self._check_finite(loss, step, f"The loss of player {player!r}",
+                                   f"Lower the learning rate of this player (train.optimizers.{player}.lr), add "
+                                   "train.grad_clip, or check the method's params.")
                 loss.backward()
                 D.average_gradients(self.params[player])
                 if self.cfg.train.grad_clip is not None:
-                    norm = float(torch.nn.utils.clip_grad_norm_(self.params[player], self.cfg.train.grad_clip))
-                    if not math.isfinite(norm):
-                        raise NonFiniteLossError(
-                            f"The gradient norm of player {player!r} became {norm} at step {step + 1} although its loss was finite. "
-                            f"Training stopped; {self._kept()}")
+                    norm = self._clip(self.params[player], step, f" of player {player!r}")
                     sums["param_grad_norm"] = sums.get("param_grad_norm", 0.0) + norm
                 self.optimizers[player].step()
                 self.schedulers[player].step()
@@ -257,36 +217,12 @@ class GenerativeTrainer:
         m.after_step(step)
         return figures
 
-    def _check_finite(self, player: str, loss: torch.Tensor, step: int) -> None:
-        value = loss.detach()
-        bad = not bool(torch.isfinite(value).all())
-        if self.world > 1:
-            bad = D.any_rank(bad)
-        if bad:
-            raise NonFiniteLossError(
-                f"The loss of player {player!r} became {float(value) if value.numel() == 1 else 'non-finite'} at step {step + 1}. "
-                f"Training stopped; {self._kept()} Lower the learning rate of this player "
-                f"(train.optimizers.{player}.lr), add train.grad_clip, or check the method's params.")
-
-    def _kept(self) -> str:
-        if self.last_checkpoint is not None:
-            return f"the last good checkpoint {self.last_checkpoint} is kept (continue from it with --resume)."
-        return "no checkpoint had been written yet."
-
-    def _log(self, figures: dict[str, float], bar: Any) -> None:
-        every = self.cfg.train.log_every
-        if self.step % every and self.step != self.cfg.train.steps:
-            return
-        tensors = {k: torch.tensor(float(v)) for k, v in figures.items()}
-        means = D.mean_over_ranks(tensors)  # collective: every rank takes part
-        if self.logger is None:
-            return
-        record: dict[str, Any] = {"split": "train", "step": self.step}
-        record.update({k: float(v) for k, v in means.items()})
-        self.logger.log(record)
-        losses = {k: v for k, v in record.items() if k.endswith("/loss")}
+    def _log(self, figures: dict[str, float], bar: Any) -> dict[str, Any] | None:
+        record = super()._log(figures, bar)
+        losses = {k: v for k, v in (record or {}).items() if k.endswith("/loss")}
         if losses:
             bar.set_postfix(**{k.split("/")[0]: f"{v:.4f}" for k, v in losses.items()})
+        return record
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -314,7 +250,7 @@ class GenerativeTrainer:
             m.train(was)
         return x.detach().float().cpu(), calls[0], seconds
 
-    def _evaluate(self) -> None:
+    def evaluate(self) -> None:
         if self.rank != 0 or not self.cfg.eval.steps:
             return
         ev = self.cfg.eval
@@ -338,42 +274,21 @@ class GenerativeTrainer:
             self.logger.log(record)
 
     # -- checkpoints -----------------------------------------------------------------------
-    def _checkpoint(self, elapsed: float) -> None:
-        if self.ckpt_root is None:
-            return
-        state = {
-            "step": self.step,
-            "data": self.stream.state(),
-            "schedulers": {p: s.state_dict() for p, s in self.schedulers.items()},
-            "elapsed": elapsed,
-            "history": self.history,
-            "world_size": self.world,
-            "rng_per_rank": D.all_gather_objects(ckpt.rng_state()),
-        }
-        if D.is_main():
-            model_state = {k: v.detach().cpu().clone().contiguous() for k, v in self.method.trainable_state().items()}
-            optim: dict[str, Any] = {"state": {}, "param_groups": {}, "keyed_by": "player"}
-            for player, opt in self.optimizers.items():
-                sd = opt.state_dict()
-                optim["param_groups"][player] = sd["param_groups"]
-                for idx, entry in sd["state"].items():
-                    optim["state"][f"{player}/{idx}"] = entry
-            self.last_checkpoint = ckpt.save_checkpoint(self.ckpt_root, self.step, model_state, optim, state,
-                                                        keep=self.cfg.train.keep_checkpoints)
-        D.barrier()
+    def _schedule_state(self) -> dict[str, Any]:
+        return {"schedulers": {p: s.state_dict() for p, s in self.schedulers.items()}}
 
-    def _resume(self) -> float:
-        from safetensors.torch import load_file
+    def _checkpoint_payload(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        model_state = {k: v.detach().cpu().clone().contiguous() for k, v in self.method.trainable_state().items()}
+        optim: dict[str, Any] = {"state": {}, "param_groups": {}, "keyed_by": "player"}
+        for player, opt in self.optimizers.items():
+            sd = opt.state_dict()
+            optim["param_groups"][player] = sd["param_groups"]
+            for idx, entry in sd["state"].items():
+                optim["state"][f"{player}/{idx}"] = entry
+        return model_state, optim
 
-        path = ckpt.latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
-        if path is None:
-            raise CheckpointError(f"--resume was given but {self.ckpt_root} holds no checkpoint to resume from.")
-        state = ckpt.verify_checkpoint(path)
-        try:
-            weights = load_file(str(path / "model.safetensors"))
-            tensors = load_file(str(path / "optimizer.safetensors"))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files
-            raise CheckpointError(f"Could not read the checkpoint {path}: {exc}") from None
+    def _restore(self, path: Path, state: dict[str, Any], files: dict[str, dict[str, torch.Tensor]]) -> None:
+        weights, tensors = files["model"], files["optimizer"]
         missing, unexpected = self.method.load_state_dict({k: v.to(self.device) for k, v in weights.items()}, strict=False)
         missing = [k for k in missing if not k.startswith(self.method.frozen_prefixes())]
         if missing or unexpected:
@@ -397,33 +312,17 @@ class GenerativeTrainer:
                 self.schedulers[player].load_state_dict(state["schedulers"][player])
             except (ValueError, KeyError, RuntimeError) as exc:
                 raise CheckpointError(f"The optimizer state of player {player!r} in {path} does not match this run: {exc}") from None
-        self.stream.load(state["data"])
-        self.step = int(state["step"])
-        self.history = list(state.get("history", []))
-        self.last_checkpoint = path
-        ckpt.restore_rng(state, self.rank, self.world, self.cfg.seed)
-        return float(state.get("elapsed", 0.0))
 
     # -- the end ---------------------------------------------------------------------------
-    def _finish(self, wall: float, stopped: bool) -> dict[str, Any]:
+    def _run_fields(self) -> dict[str, Any]:
+        return {"method": self.cfg.method.kind}
+
+    def _result_fields(self) -> dict[str, Any]:
         m = self.method
         last = self.history[-1] if self.history else {"results": {}}
-        summary = {
-            "engine": "generative",
-            "method": self.cfg.method.kind,
-            "steps": self.step,
-            "wall_s": wall,
-            "final": last["results"],
-            "nfe": {n: r.get("nfe") for n, r in last["results"].items()},
-            "describe": m.describe(),
-            "exported": list(m.exported()),
-            "complete": not stopped,
-            "world_size": self.world,
-            "teacher_sharded": bool(getattr(self, "teacher_sharded", False)),
-        }
-        if self.run_dir is not None and not stopped and D.is_main():
-            for name, module in m.exported().items():
-                ckpt.save_state(ckpt.full_state_dict(module), self.run_dir / f"{name}.safetensors")
-            ckpt.atomic_write_json(self.run_dir / "summary.json", summary)
-        D.barrier()
-        return summary
+        return {"final": last["results"], "nfe": {n: r.get("nfe") for n, r in last["results"].items()},
+                "describe": m.describe(), "exported": list(m.exported())}
+
+    def _export(self) -> None:
+        for name, module in self.method.exported().items():
+            ckpt.save_state(ckpt.full_state_dict(module), self.run_dir / f"{name}.safetensors")

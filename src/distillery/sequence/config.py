@@ -33,11 +33,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config.base import PosFloat, PosInt, Strict
 from ..config.devices import device_problem
 from ..config.training import OptimizerCfg, SchedulerCfg
+from ..engine.rundir import RESUMABLE_LOGGING
 from ..errors import ConfigError
 
 MODES = ("supervised", "sequence_kd", "on_policy", "gkd")
@@ -45,13 +46,7 @@ DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "t
 
 RESUMABLE_CHANGES = (
     "train.steps",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.log_every",
-    "train.progress",
-    "train.tensorboard",
-    "train.device",
+    *RESUMABLE_LOGGING,
     "teacher.shard",
     "eval",
     "name",
@@ -342,40 +337,9 @@ def is_sequence(raw: Any) -> bool:
 
 def parse_sequence_config(raw: dict[str, Any], source: str = "config") -> SequenceConfig:
     """Validate a raw dict; a failure is a ConfigError naming every bad key."""
-    try:
-        return SequenceConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"Invalid config ({source}): {_flat_errors(exc)}.") from None
+    from ..config.messages import validate_config
 
-
-def _flat_errors(exc: ValidationError) -> str:
-    """``key.path: message; ...`` (an unknown key lists the allowed keys of its section)."""
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[", "constrained-"))]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed(loc[:-1])
-            msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
-        elif "input" in err and err["type"] not in ("missing", "value_error") and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r})"
-        parts.append(f"{'.'.join(loc) or '<top>'}: {msg}")
-    return "; ".join(parts)
-
-
-def _allowed(path: list[str]) -> list[str]:
-    import typing
-
-    model: Any = SequenceConfig
-    for part in path:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        candidates = [field.annotation, *typing.get_args(field.annotation)]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, Strict)), None)
-        if model is None:
-            return []
-    return sorted(model.model_fields)
+    return validate_config(SequenceConfig, raw, source)
 
 
 __all__ = [

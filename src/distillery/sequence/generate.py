@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..engine import checkpoint as ckpt
-from ..errors import ConfigError, RunDirError
+from ..errors import RunDirError
 from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer
 
 __all__ = ["export_student", "generate_text", "load_module_state", "load_run_student", "load_tokenizer", "save_tokenizer"]
@@ -83,19 +83,12 @@ def export_student(run_dir: Path, student: nn.Module, tok: Tokenizer) -> None:
 
 def load_run_student(run_dir: Path) -> tuple[Any, nn.Module, Tokenizer]:
     """``(config, student with the trained weights (eval mode), tokenizer)`` of a finished run."""
-    import yaml
-
-    from .config import is_sequence, parse_sequence_config
+    from ..engine.rundir import read_run_config
+    from .config import parse_sequence_config
     from .models import build_lm
 
     run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise RunDirError(f"{run_dir} is not a run directory (it has no config.yaml). Give the folder 'distillery run' wrote.")
-    raw = yaml.safe_load(config.read_text())
-    if not is_sequence(raw):
-        raise ConfigError(f"{run_dir} is not a sequence run (its config.yaml has no 'engine: sequence').")
-    cfg = parse_sequence_config(raw, str(config))
+    cfg = read_run_config(run_dir, "sequence", parse_sequence_config)
     tok = load_tokenizer(run_dir / "tokenizer.json")
     weights = run_dir / "student.safetensors"
     if not weights.is_file():

@@ -29,9 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import checkpoint as ckpt
-from ..engine import distributed as D
-from ..errors import ConfigError, DataError, RunDirError
+from ..engine.rundir import check_resumed, dump_yaml, run_trainer_in_dir
+from ..errors import ConfigError, DataError
 from .config import RESUMABLE_CHANGES, SequenceConfig
 from .tasks import Example, compare_answer
 
@@ -297,30 +296,13 @@ def _check_lengths(cfg: SequenceConfig, train: list[Example], prompts: list[list
 
 
 def dump_sequence_config(cfg: SequenceConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as ``config.yaml`` holds it."""
+    return dump_yaml(cfg)
 
 
 def check_resumed_sequence_config(out: Path, cfg: SequenceConfig) -> list[str]:
     """Refuse differences from the stored config outside :data:`RESUMABLE_CHANGES`."""
-    import yaml
-
-    from ..runner import _differences, _short
-
-    stored_file = Path(out) / "config.yaml"
-    try:
-        stored = yaml.safe_load(stored_file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RunDirError(f"Cannot read the stored config {stored_file} of the run to resume: {exc}") from None
-    changed = _differences(stored, yaml.safe_load(dump_sequence_config(cfg)))
-    refused = [(k, a, b) for k, a, b in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
-    if refused:
-        listed = "; ".join(f"{k}: {_short(a)} in the run, {_short(b)} now" for k, a, b in refused[:12])
-        raise RunDirError(f"--resume: the config differs from the one the run in {out} was started with: {listed}. Nothing was "
-                          f"changed. Resume with the run's own config ({stored_file}), or start a new run (another --out). "
-                          f"Keys a resume may change: {', '.join(RESUMABLE_CHANGES)}.")
-    return [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in changed]
+    return check_resumed(out, dump_sequence_config(cfg), RESUMABLE_CHANGES)
 
 
 def make_trainer(cfg: SequenceConfig, out: Path | None, *, stop_after_steps: int | None = None):
@@ -335,33 +317,9 @@ def run_sequence(cfg: SequenceConfig, out: Path, *, resume: bool = False, overwr
                  stop_after_steps: int | None = None) -> dict[str, Any]:
     """Execute a sequence run; returns its summary. Under torchrun every process calls this;
     rank 0 alone writes the run directory."""
-    from ..engine.trainer import resolve_device
-    from ..runner import _remove_failed_start, prepare_run_dir
-
-    resolve_device(cfg.train.device)
-    D.init_from_env(cfg.train.device)
-    kept_folder = Path(out).is_dir() and not any(Path(out).iterdir())
-    out = D.on_main(lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
-    if resume and D.is_main():
-        changes = check_resumed_sequence_config(out, cfg)
-        if changes:
-            print(f"resuming {out} with changed settings: {'; '.join(changes)}")
-    trainer = None
-    try:
-        if D.is_main():
-            ckpt.atomic_write_text(out / "config.yaml", dump_sequence_config(cfg))
-            (out / "failed.json").unlink(missing_ok=True)
-        trainer = make_trainer(cfg, out, stop_after_steps=stop_after_steps)
-        return trainer.fit(resume=resume and ckpt.latest_checkpoint(out / "checkpoints") is not None)
-    except Exception as exc:  # not KeyboardInterrupt: an interrupted run stays, to be resumed
-        if D.is_main():
-            if not resume:
-                _remove_failed_start(out, keep_folder=kept_folder)
-            if out.is_dir() and any(out.rglob("step-*")):
-                ckpt.atomic_write_json(out / "failed.json", {
-                    "error": type(exc).__name__, "message": str(exc), "step": getattr(trainer, "step", None),
-                    "last_checkpoint": str(getattr(trainer, "last_checkpoint", None)), "time": time.time()})
-        raise
+    return run_trainer_in_dir(out, lambda out: make_trainer(cfg, out, stop_after_steps=stop_after_steps),
+                              device=cfg.train.device, config_text=dump_sequence_config(cfg), resumable=RESUMABLE_CHANGES,
+                              resume=resume, overwrite=overwrite)
 
 
 @dataclass

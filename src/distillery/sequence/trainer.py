@@ -42,8 +42,6 @@ held-out prompts, verified: ``accuracy`` (the share with reward 1) and ``reward`
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +49,9 @@ import torch
 
 from ..engine import checkpoint as ckpt
 from ..engine import distributed as D
-from ..engine.logger import MetricsLogger
-from ..engine.trainer import _progress, build_optimizer, build_scheduler, resolve_device
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..engine.steploop import StepLoop
+from ..engine.trainer import build_optimizer, build_scheduler
+from ..errors import CheckpointError, ConfigError
 from .config import SequenceConfig
 from .estimators import (
     iw_reverse_kl_loss,
@@ -99,27 +97,21 @@ def _seed_of(*parts: int) -> int:
     return s
 
 
-class SequenceTrainer:
+class SequenceTrainer(StepLoop):
     """Trains ``built.student`` as ``cfg`` says (see the module docstring); ``built`` is a
     :class:`~.run.SequenceBuild`."""
 
     def __init__(self, cfg: SequenceConfig, built: Any, run_dir: Path | None, *, stop_after_steps: int | None = None) -> None:
-        self.cfg, self.built = cfg, built
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.stop_after_steps = stop_after_steps
-        self.device = D.device_for_rank(resolve_device(cfg.train.device))
+        super().__init__(cfg, run_dir, stop_after_steps)
+        self.built = built
         self.student = built.student.to(self.device)
         self.teacher = built.teacher.to(self.device) if built.teacher is not None else None
         self.tok = built.tokenizer
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.last_checkpoint: Path | None = None
-        self.logger: MetricsLogger | None = None
 
     # -- set-up ------------------------------------------------------------------------------
     def _set_up(self, resume: bool) -> float:
         cfg = self.cfg
-        self.world, self.rank = D.world_size(), D.rank()
+        self._start_ranks()
         self.teacher_sharded = bool(cfg.teacher is not None and cfg.teacher.shard and self.world > 1)
         if self.teacher_sharded:
             self.teacher.shard()  # FSDP2 over the ranks (teacher.shard); a collective from here on
@@ -130,14 +122,15 @@ class SequenceTrainer:
             raise ConfigError("student: the model has no trainable parameters.")
         self.optimizer = build_optimizer(self.params, cfg.train.optimizer.torch_kwargs())
         self.scheduler = build_scheduler(self.optimizer, cfg.train.scheduler.model_dump(), cfg.train.steps)
-        self.ckpt_root = self.run_dir / "checkpoints" if self.run_dir is not None else None
         self.completions = self.built.completions
         if cfg.mode == "sequence_kd":
             self.completions = self.teacher_completions()
         elapsed = self._resume() if resume else 0.0
-        if self.run_dir is not None and self.rank == 0:
-            self.logger = MetricsLogger(self.run_dir, cfg.train.tensorboard, resume_step=self.step if resume else None)
+        self._start_logging(resume)
         return elapsed
+
+    def _trained(self) -> torch.nn.Module:
+        return self.student
 
     @torch.no_grad()
     def teacher_completions(self) -> list[list[int]]:
@@ -155,38 +148,6 @@ class SequenceTrainer:
         return out
 
     # -- the loop ------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train ``cfg.train.steps`` steps (from the last checkpoint with ``resume``); returns the
-        summary, also written to ``summary.json`` with the student's weights."""
-        elapsed = self._set_up(resume)
-        t0 = time.perf_counter() - elapsed
-        total = self.cfg.train.steps
-        bar = _progress(total - self.step, self.cfg.name or "sequence", self.cfg.train.progress and self.rank == 0)
-        self.student.train()
-        stopped = False
-        try:
-            while self.step < total:
-                figures = self.train_step(self.step)
-                self.step += 1
-                bar.update(1)
-                self._log(figures)
-                final = self.step == total
-                every = self.cfg.train.eval_every
-                if final or (every and self.step % every == 0):
-                    self.evaluate()
-                stop = self.stop_after_steps is not None and self.step >= self.stop_after_steps
-                every = self.cfg.train.checkpoint_every
-                if final or stop or (every and self.step % every == 0):
-                    self._checkpoint(time.perf_counter() - t0)
-                if stop and not final:
-                    stopped = True
-                    break
-        finally:
-            bar.close()
-            if self.logger is not None:
-                self.logger.close()
-        return self._finish(time.perf_counter() - t0, stopped)
-
     def is_on_policy(self, step: int) -> bool:
         """Whether step ``step`` (0-based) learns on the student's rollouts (GKD's coin)."""
         if self.cfg.mode == "on_policy":
@@ -308,15 +269,11 @@ class SequenceTrainer:
         if self.world > 1:
             count = D.all_reduce_mean_(count.clone()) * self.world
         loss = total / count.clamp(min=1.0) * self.world
-        self._check_finite(loss, step)
+        self._check_finite(loss, step, "The loss", "Lower train.optimizer.lr, add train.grad_clip, or check divergence.temperature.")
         loss.backward()
         D.average_gradients(self.params)
         if self.cfg.train.grad_clip is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip))
-            if not math.isfinite(norm):
-                raise NonFiniteLossError(f"The gradient norm became {norm} at step {step + 1} although the loss was finite. "
-                                         f"Training stopped; {self._kept()}")
-            figures["grad_norm"] = norm
+            figures["grad_norm"] = self._clip(self.params, step)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -324,28 +281,6 @@ class SequenceTrainer:
             self.teacher.after_step(step + 1)
         figures.update(loss=float(loss.detach()), on_policy=float(on_policy), lr=self.optimizer.param_groups[0]["lr"])
         return figures
-
-    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if self.world > 1:
-            bad = D.any_rank(bad)
-        if bad:
-            raise NonFiniteLossError(
-                f"The loss became {float(loss.detach())} at step {step + 1}. Training stopped; {self._kept()} "
-                "Lower train.optimizer.lr, add train.grad_clip, or check divergence.temperature.")
-
-    def _kept(self) -> str:
-        if self.last_checkpoint is not None:
-            return f"the last good checkpoint {self.last_checkpoint} is kept (continue from it with --resume)."
-        return "no checkpoint had been written yet."
-
-    def _log(self, figures: dict[str, float]) -> None:
-        every = self.cfg.train.log_every
-        if self.step % every and self.step != self.cfg.train.steps:
-            return
-        means = D.mean_over_ranks({k: torch.tensor(float(v)) for k, v in figures.items()})
-        if self.logger is not None:
-            self.logger.log({"split": "train", "step": self.step, **{k: float(v) for k, v in means.items()}})
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -366,29 +301,14 @@ class SequenceTrainer:
             state.update({f"teacher.{k}": v for k, v in ckpt.full_state_dict(self.teacher.lm).items()})
         return state
 
-    def _checkpoint(self, elapsed: float) -> None:
-        if self.ckpt_root is None:
-            return
-        state = {"step": self.step, "data": self.stream.state(), "scheduler": self.scheduler.state_dict(),
-                 "elapsed": elapsed, "history": self.history, "world_size": self.world,
-                 "rng_per_rank": D.all_gather_objects(ckpt.rng_state())}
-        if D.is_main():
-            optim = dict(self.optimizer.state_dict(), keyed_by="index")
-            self.last_checkpoint = ckpt.save_checkpoint(self.ckpt_root, self.step, self._weights(), optim, state,
-                                                        keep=self.cfg.train.keep_checkpoints)
-        D.barrier()
+    def _schedule_state(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict()}
 
-    def _resume(self) -> float:
-        from safetensors.torch import load_file
+    def _checkpoint_payload(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return self._weights(), dict(self.optimizer.state_dict(), keyed_by="index")
 
-        path = ckpt.latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
-        if path is None:
-            raise CheckpointError(f"--resume was given but {self.ckpt_root} holds no checkpoint to resume from.")
-        state = ckpt.verify_checkpoint(path)
-        try:
-            weights = load_file(str(path / "model.safetensors"))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files
-            raise CheckpointError(f"Could not read the checkpoint {path}: {exc}") from None
+    def _restore(self, path: Path, state: dict[str, Any], files: dict[str, dict[str, torch.Tensor]]) -> None:
+        weights = files["model"]
         parts = {"student": self.student}
         if self.teacher is not None and self.teacher.owns_weights:
             parts["teacher"] = self.teacher.lm
@@ -400,34 +320,19 @@ class SequenceTrainer:
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"The scheduler state in {path} does not match this run: {exc}") from None
-        self.stream.load(state["data"])
-        self.step = int(state["step"])
-        self.history = list(state.get("history", []))
-        self.last_checkpoint = path
-        ckpt.restore_rng(state, self.rank, self.world, self.cfg.seed)
-        return float(state.get("elapsed", 0.0))
 
     # -- the end ---------------------------------------------------------------------------
-    def _finish(self, wall: float, stopped: bool) -> dict[str, Any]:
-        last = self.history[-1] if self.history else {}
-        summary = {
-            "engine": "sequence",
-            "mode": self.cfg.mode,
-            "divergence": self.cfg.divergence.kind,
-            "steps": self.step,
-            "wall_s": wall,
-            "final": {k: v for k, v in last.items() if k != "step"},
-            "complete": not stopped,
-            "world_size": self.world,
-            "teacher_sharded": bool(getattr(self, "teacher_sharded", False)),
-        }
-        if self.run_dir is not None and not stopped and D.is_main():
-            from .generate import export_student
+    def _run_fields(self) -> dict[str, Any]:
+        return {"mode": self.cfg.mode, "divergence": self.cfg.divergence.kind}
 
-            export_student(self.run_dir, self.student, self.tok)
-            ckpt.atomic_write_json(self.run_dir / "summary.json", summary)
-        D.barrier()
-        return summary
+    def _result_fields(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {"final": {k: v for k, v in last.items() if k != "step"}}
+
+    def _export(self) -> None:
+        from .generate import export_student
+
+        export_student(self.run_dir, self.student, self.tok)
 
 
 def _prompt(r: Any) -> tuple[torch.Tensor, torch.Tensor]:
