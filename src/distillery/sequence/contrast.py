@@ -133,7 +133,6 @@ class ComparisonTask(Task):
 
 
 TASKS["comparison"] = ComparisonTask
-TASKS[TASK_NAME] = ComparisonTask
 
 
 # -- curation and filters --------------------------------------------------------------------
