@@ -11,7 +11,7 @@ import torch
 
 from distillery.errors import ConfigError, DataError, ShapeError
 from distillery.recipes import psrd
-from distillery.sequence.captions import CaptionTask, hallucination_rate
+from distillery.sequence.tasks.captions import CaptionTask, hallucination_rate
 from distillery.sequence.guided import Candidates, head_scorer, likelihood_scorer, phase_features, phase_guided_decode
 from distillery.sequence.models import TinyGPT
 from distillery.sequence.reward_head import RewardHead, fit_reward_head, reward_head_loss

@@ -14,7 +14,7 @@ from distillery.errors import ConfigError, DataError
 from distillery.recipes import sd_zero
 from distillery.sequence.config import parse_sequence_config
 from distillery.sequence.models import TinyGPT, save_lm
-from distillery.sequence.revision import (
+from distillery.sequence.tasks.revision import (
     REVISER_PROMPT,
     TASK_KIND,
     RevisionAdditionTask,
@@ -73,9 +73,9 @@ def test_build_task_imports_module_class_kinds():
     task = build_task({"kind": TASK_KIND, "params": {"digits": 2, "revise": 0.25}})
     assert isinstance(task, RevisionAdditionTask) and task.revise == 0.25
     with pytest.raises(ConfigError, match="cannot load"):
-        build_task({"kind": "distillery.sequence.revision:Nope"})
+        build_task({"kind": "distillery.sequence.tasks.revision:Nope"})
     with pytest.raises(ConfigError, match="not a subclass"):
-        build_task({"kind": "distillery.sequence.revision:reviser_prompt"})
+        build_task({"kind": "distillery.sequence.tasks.revision:reviser_prompt"})
     with pytest.raises(ConfigError, match="kind must be one of"):
         build_task({"kind": "no_such_task"})
 

@@ -16,7 +16,7 @@ from distillery.recipes.skill_sd import (
     warmup_config,
 )
 from distillery.sequence.estimators import iw_reverse_kl_loss
-from distillery.sequence.gridworld import (
+from distillery.sequence.tasks.gridworld import (
     GridworldTask,
     parse_grid,
     run_template,
@@ -51,7 +51,7 @@ def test_shortest_paths_by_hand():
 
 
 def test_task_prompts_answers_and_verify():
-    task = build_task({"kind": "distillery.sequence.gridworld:GridworldTask", "params": {"size": 4, "walls": 3}})
+    task = build_task({"kind": "distillery.sequence.tasks.gridworld:GridworldTask", "params": {"size": 4, "walls": 3}})
     a = task.sample(20, torch.Generator().manual_seed(0))
     assert a == task.sample(20, torch.Generator().manual_seed(0))
     for ex in a:

@@ -18,7 +18,7 @@ from distillery.recipes.vc_star import (
     write_eval_file,
     write_jsonl,
 )
-from distillery.sequence.contrast import (
+from distillery.sequence.tasks.contrast import (
     TASK_NAME,
     ComparisonTask,
     Sample,

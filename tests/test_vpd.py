@@ -12,7 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from distillery.errors import ConfigError, DataError  # noqa: E402
-from distillery.sequence import visual_programs as vp  # noqa: E402
+from distillery.sequence.tasks import visual_programs as vp  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "src" / "distillery" / "configs" / "vpd_digit_grid.yaml"
 

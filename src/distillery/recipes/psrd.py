@@ -22,7 +22,7 @@ The mechanism, as expressed here (the abstract gives no formulas; what follows i
    the "is this phrase supported by the input?" check an LM can make of itself (the no-image
    contrast of visual contrastive decoding, Leng et al., 2024, arXiv:2311.16922). The scene-free
    distribution is the same model's: its training data withholds the scene from a share of the
-   examples (:class:`~distillery.sequence.captions.CaptionTask`'s ``blank``). No verifier or
+   examples (:class:`~distillery.sequence.tasks.captions.CaptionTask`'s ``blank``). No verifier or
    ground truth enters the self-evaluation; the procedural ground truth only *measures*.
    A phase's self-reward label is ``y = 1[s > tau]`` (or ``sigmoid(s - tau)``, soft).
 3. **Distillation** (:func:`collect_self_rewards`, :func:`distill_reward_model`). The model
@@ -69,7 +69,7 @@ RECIPE = register_recipe(
            "on the LM's hidden states, which picks among sampled candidates at the start of each phase")
 )
 
-TASK = "distillery.sequence.captions:CaptionTask"
+TASK = "distillery.sequence.tasks.captions:CaptionTask"
 """The captions task as a config names it (``data.task.name``)."""
 
 __all__ = [

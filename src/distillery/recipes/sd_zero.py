@@ -18,14 +18,14 @@ Mechanism, per prompt ``x`` (the sequence engine's parts; [inferred] where the a
   ``r in {0, 1}`` (the task's ``verify``);
 * the reviser is the same weights ``theta'`` (``teacher.sync: hard_copy`` every ``every`` steps,
   or ``live``), reading ``c = x + y + mark(r)``
-  (:func:`~distillery.sequence.revision.reviser_prompt`; no reference answer);
+  (:func:`~distillery.sequence.tasks.revision.reviser_prompt`; no reference answer);
 * the loss is the token-level divergence over the full vocabulary along the generator's own
   tokens, ``sum_t D(p_theta(. | x, y_<t), p_theta'(. | c, y_<t))``, divided by the number of
   response tokens; ``D`` is the reverse KL by default [inferred: the abstract says "token
   distributions ... as supervision", not which direction].
 
 The base model must already play both roles: :func:`base_config` fine-tunes a tiny GPT on
-:class:`~distillery.sequence.revision.RevisionAdditionTask` (generator and reviser examples
+:class:`~distillery.sequence.tasks.revision.RevisionAdditionTask` (generator and reviser examples
 mixed), the miniature's stand-in for the paper's self-revision training [inferred].
 
 The baseline, rejection-sampling fine-tuning (RFT): :func:`rejection_sample` draws ``k``
@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from ..sequence.revision import REVISER_PROMPT, task_spec
+from ..sequence.tasks.revision import REVISER_PROMPT, task_spec
 from . import Recipe, register_recipe
 
 RECIPE = register_recipe(
@@ -211,7 +211,7 @@ def self_revision_examples(lm: torch.nn.Module, tok: Any, examples: list[Any], v
     training [inferred]): ``k`` sampled responses ``y`` per question, each giving the example
     ``x + y + mark(r) -> answer`` (the reference answer as the revision target, where the paper
     keeps the model's own successful revisions). Returns them and ``{"samples", "wrong_share"}``."""
-    from ..sequence.revision import reviser_prompt
+    from ..sequence.tasks.revision import reviser_prompt
     from ..sequence.tasks import Example
     from ..sequence.teachers import left_pad, rollout
 
@@ -268,7 +268,7 @@ def token_gaps(lm: torch.nn.Module, tok: Any, examples: list[Any], completions: 
     ``log p(y_t | x, y_<t) - log p(y_t | x + y + mark(r), y_<t)``, the same weights in both
     roles (``completions``: token ids up to and including EOS)."""
     from ..sequence.estimators import token_logprobs
-    from ..sequence.revision import reviser_prompt
+    from ..sequence.tasks.revision import reviser_prompt
     from ..sequence.teachers import completion_logits, left_pad
 
     was = lm.training
@@ -325,7 +325,7 @@ def self_localisation(lm: torch.nn.Module, tok: Any, examples: list[Any], verify
     measure :func:`localisation_share` of the gap (:func:`token_gaps`) between the generator
     and the same weights as reviser; ``wrong_share`` is the share of wrong responses and
     ``revised_right`` the share of wrong responses the reviser's greedy revision gets right."""
-    from ..sequence.revision import reviser_prompt
+    from ..sequence.tasks.revision import reviser_prompt
     from ..sequence.teachers import left_pad, rollout
 
     g = torch.Generator().manual_seed(int(seed))

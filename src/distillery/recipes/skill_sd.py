@@ -48,11 +48,11 @@ RECIPE = register_recipe(
            "importance-weighted reverse KL, synced teacher")
 )
 
-TASK = "distillery.sequence.gridworld:GridworldTask"
+TASK = "distillery.sequence.tasks.gridworld:GridworldTask"
 
 
 def _grid(example: Any):
-    from ..sequence.gridworld import parse_grid, split_prompt
+    from ..sequence.tasks.gridworld import parse_grid, split_prompt
 
     return parse_grid(split_prompt(example.prompt)[0])
 
@@ -67,7 +67,7 @@ def situation_of(example: Any) -> str:
 
 def summarise_path(example: Any, completion: str) -> str | None:
     """The skill of a successful path: its run template (``"DDRRD"`` -> ``"DRD"``)."""
-    from ..sequence.gridworld import run_template
+    from ..sequence.tasks.gridworld import run_template
 
     moves = completion.strip()
     return run_template(moves) if moves else None
@@ -75,13 +75,13 @@ def summarise_path(example: Any, completion: str) -> str | None:
 
 def skill_applicable(example: Any, skill: str) -> bool:
     """Whether some shortest path of the example's grid follows the skill's template."""
-    from ..sequence.gridworld import run_template, shortest_paths
+    from ..sequence.tasks.gridworld import run_template, shortest_paths
 
     return any(run_template(p) == skill for p in shortest_paths(_grid(example)))
 
 
 def _plain(example: Any) -> str:
-    from ..sequence.gridworld import split_prompt
+    from ..sequence.tasks.gridworld import split_prompt
 
     return split_prompt(example.prompt)[0]
 

@@ -19,13 +19,13 @@ by side and an LLM merge that analysis into the rationale; neither is expressed:
 reduction to STaR's loop with a pair filter):
 
 1. pairs: contrastive pairs ``(x, x')``, near-identical prompts with different answers
-   (:meth:`~distillery.sequence.contrast.ComparisonTask.sample_pairs`, or
-   :func:`~distillery.sequence.contrast.curate_pairs` over a pool);
+   (:meth:`~distillery.sequence.tasks.contrast.ComparisonTask.sample_pairs`, or
+   :func:`~distillery.sequence.tasks.contrast.curate_pairs` over a pool);
 2. rationales: the current model ``M_{n-1}`` samples a rationale and answer for each prompt of
    each pair (:func:`sample_completions`, temperature ``T``);
 3. filter: a pair is kept only when *both* answers are right
-   (:func:`~distillery.sequence.contrast.pair_filter`); plain STaR keeps every right answer
-   (:func:`~distillery.sequence.contrast.star_filter`). A guess that is right half the time
+   (:func:`~distillery.sequence.tasks.contrast.pair_filter`); plain STaR keeps every right answer
+   (:func:`~distillery.sequence.tasks.contrast.star_filter`). A guess that is right half the time
    passes STaR's filter half the time but a pair's filter only a quarter of the time, and when
    the answer ignores the input, never;
 4. SFT: cross-entropy on the kept ``(prompt, rationale + answer)`` texts, starting again from the
@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..sequence.contrast import TASK_NAME, ComparisonTask, Sample, filter_precision, pair_filter, star_filter
+from ..sequence.tasks.contrast import TASK_NAME, ComparisonTask, Sample, filter_precision, pair_filter, star_filter
 from ..sequence.tasks import Example
 from . import Recipe, register_recipe
 

@@ -9,7 +9,7 @@ which are then distilled into a VLM."
 
 Mechanism, as expressed here:
 
-* data synthesis (:mod:`distillery.sequence.visual_programs`): a random program sampler (the
+* data synthesis (:mod:`distillery.sequence.tasks.visual_programs`): a random program sampler (the
   LLM's stand-in) draws ``candidates`` programs of a small fold DSL for each digit-grid question;
   each is executed with the vision tool (a digit classifier trained once, seed 0); the first
   whose result matches the label is kept and rewritten as a rationale (``"add:3>3,_>3,5>8,_>8=8"``:
@@ -39,8 +39,8 @@ RECIPE = register_recipe(
            "Sample programs, execute with a vision tool, keep the label-verified one, tune on its rationale + answer")
 )
 
-#: The task of :mod:`distillery.sequence.visual_programs`, as a config names it.
-TASK = "distillery.sequence.visual_programs:DigitGridTask"
+#: The task of :mod:`distillery.sequence.tasks.visual_programs`, as a config names it.
+TASK = "distillery.sequence.tasks.visual_programs:DigitGridTask"
 #: Completion budgets: a rationale of 4 cells is at most ``"add:9>9,9>18,9>27,9>36=36"`` (26
 #: characters) and its end of sequence.
 MAX_NEW = {"rationale": 28, "answer": 3}
@@ -95,7 +95,7 @@ def evaluate_lengths(run_dir: Path, lengths: tuple[int, ...] = (2, 3, 4), n: int
     from ..sequence.generate import load_run_student
     from ..sequence.tasks import compare_answer
     from ..sequence.trainer import evaluate_student
-    from ..sequence.visual_programs import DigitGridTask, final_answer
+    from ..sequence.tasks.visual_programs import DigitGridTask, final_answer
 
     cfg, lm, tok = load_run_student(Path(run_dir))
     completion = cfg.data.task.params.get("completion", "rationale")

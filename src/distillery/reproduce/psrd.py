@@ -5,7 +5,7 @@ Paper: Zhang et al. 2026, "Mitigating Multimodal Hallucination via Phase-wise Se
 arXiv:2604.17982 (abstract: PSRD "significantly reduces the hallucination rate of LLaVA-1.5-7B
 by 50.0%").
 
-Miniature (:mod:`distillery.sequence.captions`; :mod:`distillery.recipes.psrd`):
+Miniature (:mod:`distillery.sequence.tasks.captions`; :mod:`distillery.recipes.psrd`):
 
   1. captioner, trained once (seed 0): a tiny GPT (dim 64, 2 layers) fine-tuned with
      cross-entropy on captions of 3-object scenes (8 objects, 4 colours), 20% of whose clauses
@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from ..recipes import psrd
-from ..sequence.captions import CaptionTask, hallucination_rate
+from ..sequence.tasks.captions import CaptionTask, hallucination_rate
 from ..sequence.guided import likelihood_scorer
 from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
 from ._common import Settings

@@ -5,7 +5,7 @@ Agents", arXiv:2604.10674 (abstract: Skill-SD improves vanilla OPD by +42.1%/+40
 AppWorld/Sokoban; "naively combining OPSD with RL often leads to training collapse"; the
 importance-weighted reverse KL is derived "to stabilize the training").
 
-Miniature (a 4x4 text gridworld with 3 walls, :mod:`distillery.sequence.gridworld`; a tiny GPT,
+Miniature (a 4x4 text gridworld with 3 walls, :mod:`distillery.sequence.tasks.gridworld`; a tiny GPT,
 dim 48, depth 2; success rate = greedy completions of 200 held-out grids that reach the goal):
 
   1. base policy, trained once (seed 0): supervised warm-up on a mixture of plain prompts (a

@@ -7,7 +7,7 @@ existing self-improving approaches but also surpasses models finetuned on the So
 reasoning datasets"). Not really KD: self-training (STaR, Zelikman et al., 2022,
 arXiv:2203.14465) whose teacher is the model itself (see :mod:`distillery.recipes.vc_star`).
 
-Miniature (:class:`~distillery.sequence.contrast.ComparisonTask`, 4 digits: ``"4721?4781:"`` ->
+Miniature (:class:`~distillery.sequence.tasks.contrast.ComparisonTask`, 4 digits: ``"4721?4781:"`` ->
 ``"44 77 28 <"``; the first differing position is uniform; a contrastive pair shares ``a`` and
 two ``b`` that differ in that one digit, one above and one below, so the answers differ):
 
@@ -51,7 +51,7 @@ from ..recipes.vc_star import (
     write_eval_file,
     write_jsonl,
 )
-from ..sequence.contrast import ComparisonTask
+from ..sequence.tasks.contrast import ComparisonTask
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._common import Settings
 

@@ -5,7 +5,7 @@ into Vision-Language Models" (CVPR 2024), arXiv:2312.03052 (abstract: VPD "impro
 ability to count, understand spatial relations, and reason compositionally"; no figure for a
 rationale-vs-answer-only ablation is given there).
 
-Miniature (:mod:`distillery.sequence.visual_programs`; 4-cell grids of scikit-learn digits, the
+Miniature (:mod:`distillery.sequence.tasks.visual_programs`; 4-cell grids of scikit-learn digits, the
 questions S (sum), M (largest digit), Ck (how many digits exceed k); the vision tool is a
 softmax-regression digit classifier trained once, seed 0, about 96% accurate on the held-out
 images the grids use):

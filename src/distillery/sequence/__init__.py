@@ -30,5 +30,6 @@ and ``transformers`` / ``peft`` / ``tokenizers`` are imported inside the functio
 * parts of the papers' methods: :mod:`~distillery.sequence.guided` and
   :mod:`~distillery.sequence.reward_head` (PSRD), :mod:`~distillery.sequence.skills` (Skill-SD),
   :mod:`~distillery.sequence.diagnostics` (per-position errors, sample precision/diversity), and
-  their miniature tasks (``revision``, ``gridworld``, ``visual_programs``, ``captions``, ``contrast``).
+  their miniature tasks in :mod:`~distillery.sequence.tasks` (``revision``, ``gridworld``,
+  ``visual_programs``, ``captions``, ``contrast``, beside the core tasks).
 """

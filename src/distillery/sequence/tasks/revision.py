@@ -7,7 +7,7 @@ generator's response and its binary reward (never the reference answer) and writ
 response. This module holds the two task-level parts the sequence engine needs for that:
 
 * :class:`RevisionAdditionTask` (``addition_revision``; in a config
-  ``task: {name: "distillery.sequence.revision:RevisionAdditionTask"}``): multi-digit addition
+  ``task: {name: "distillery.sequence.tasks.revision:RevisionAdditionTask"}``): multi-digit addition
   whose examples are, with probability ``revise``, *reviser* examples
   ``"a+b=" + attempt + mark -> sum`` (``mark`` ``Y`` when the attempt is right, ``N`` when it is
   wrong), else ordinary generator examples ``"a+b=" -> sum``. Wrong attempts are the sum with
@@ -17,7 +17,7 @@ response. This module holds the two task-level parts the sequence engine needs f
   own revisions; here the attempts are synthetic corruptions]). With ``revise=0`` it samples
   generator prompts only, with the same alphabet (hence the same token ids) as with ``revise>0``.
 * :func:`reviser_prompt`: the privileged prompt function
-  (``teacher.privileged.prompt: distillery.sequence.revision:reviser_prompt``):
+  (``teacher.privileged.prompt: distillery.sequence.tasks.revision:reviser_prompt``):
   ``prompt + response + mark(reward)``. The engine's teacher then scores the generator's own
   response tokens after that text, i.e. ``p_reviser(y_t | x, y, r, y_<t)``, the dense targets
   SD-Zero distils into ``p_generator(y_t | x, y_<t)``.
@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, DataError
-from .tasks import TASKS, AdditionTask, Example
+from ...errors import ConfigError, DataError
+from . import TASKS, AdditionTask, Example
 
 __all__ = ["MARK_RIGHT", "MARK_WRONG", "RevisionAdditionTask", "corrupt_answer", "mark_of", "reviser_prompt"]
 

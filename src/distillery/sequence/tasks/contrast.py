@@ -7,7 +7,7 @@ answers, has the model write a rationale for each, and keeps only what survives 
 before fine-tuning on it (STaR's loop, Zelikman et al., 2022, arXiv:2203.14465). The parts:
 
 * :class:`ComparisonTask` (registered in :data:`~distillery.sequence.tasks.TASKS` as
-  ``comparison``; a config names it ``distillery.sequence.contrast:ComparisonTask``): which of
+  ``comparison``; a config names it ``distillery.sequence.tasks.contrast:ComparisonTask``): which of
   two ``digits``-digit numbers is larger. ``"472103?478122:"`` -> ``"44 77 28 <"``: the
   rationale lists the digit pairs from the left up to the first pair that differs, then the
   answer (``<`` or ``>``). The first differing position is uniform over the digits, so every
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, DataError
-from .tasks import TASKS, Example, Task, _positive_int, _randint
+from ...errors import ConfigError, DataError
+from . import TASKS, Example, Task, _positive_int, _randint
 
 __all__ = ["TASK_NAME", "ComparisonTask", "Sample", "curate_pairs", "filter_precision", "pair_filter", "star_filter"]
 
-TASK_NAME = "distillery.sequence.contrast:ComparisonTask"
+TASK_NAME = "distillery.sequence.tasks.contrast:ComparisonTask"
 """How a config's ``data.task.name`` names :class:`ComparisonTask`."""
 
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections import deque
 import torch
 
-from ..errors import ConfigError, DataError
-from .tasks import TASKS, Example, Task, _positive_int
+from ...errors import ConfigError, DataError
+from . import TASKS, Example, Task, _positive_int
 
 __all__ = ["MOVES", "GridworldTask", "Grid", "parse_grid", "run_template", "shortest_paths", "simulate", "split_prompt"]
 

@@ -1,5 +1,10 @@
 """Procedural text tasks with verifiers, for on-policy and self-distillation of small LMs.
 
+The core tasks are defined here; the papers' miniature tasks live beside them in this package
+(``revision``: SD-Zero, ``gridworld``: Skill-SD, ``visual_programs``: VPD, ``captions``: PSRD,
+``contrast``: VC-STaR) and a config names any of them as ``module:Class``
+(``distillery.sequence.tasks.gridworld:GridworldTask``).
+
 Each task samples :class:`Example` ``(prompt, answer)`` pairs from a seeded ``torch.Generator``
 and verifies any completion: ``verify(prompt, completion) -> (reward, feedback)`` with reward
 ``1.0`` for a correct completion and ``0.0`` otherwise, and a feedback text that names the first
@@ -28,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
 
 __all__ = ["TASKS", "AdditionTask", "DyckTask", "Example", "ProgramTask", "SortingTask", "Task", "build_task",
            "compare_answer"]

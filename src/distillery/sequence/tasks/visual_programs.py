@@ -51,8 +51,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, DataError
-from .tasks import TASKS, Example, Task, _positive_int, compare_answer
+from ...errors import ConfigError, DataError
+from . import TASKS, Example, Task, _positive_int, compare_answer
 
 __all__ = [
     "OPS",

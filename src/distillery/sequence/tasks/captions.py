@@ -21,7 +21,7 @@ Hallucination is exact, from the procedural ground truth: :meth:`CaptionTask.cla
 marks each generated clause as hallucinated (an object not in the scene, a wrong colour, or a
 malformed clause) or not; :func:`hallucination_rate` is the share of hallucinated clauses.
 
-A config names it ``task: {name: "distillery.sequence.captions:CaptionTask", params: {...}}``
+A config names it ``task: {name: "distillery.sequence.tasks.captions:CaptionTask", params: {...}}``
 (:func:`~distillery.sequence.tasks.build_task` imports a ``"module:Class"`` task itself); once
 this module is imported it is also registered as ``captions`` in
 :data:`distillery.sequence.tasks.TASKS`.
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import DataError
-from .tasks import TASKS, Example, Task, _positive_int
+from ...errors import DataError
+from . import TASKS, Example, Task, _positive_int
 
 __all__ = ["CaptionTask", "hallucination_rate"]
 
@@ -61,7 +61,7 @@ class CaptionTask(Task):
         self.scene_size = _positive_int("scene_size", scene_size, self.name, 1, len(self.objects) - 1)
         for key, value in (("noise", noise), ("blank", blank)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                from ..errors import ConfigError
+                from ...errors import ConfigError
 
                 raise ConfigError(f"task {self.name}: {key} must be a number in [0, 1), got {value!r}.")
         self.noise, self.blank, self.shuffle = float(noise), float(blank), bool(shuffle)
