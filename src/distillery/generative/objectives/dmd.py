@@ -440,6 +440,12 @@ class DMD(GenerativeMethod):
         dm = dmd_generator_loss(x_gen, grad)
         loss = dm
         logs = {"dm": float(dm.detach()), "grad_norm": float(grad.flatten(1).norm(dim=1).mean())}
+        return self.auxiliary_generator_terms(loss, logs, x_gen, cond, n, device), logs
+
+    def auxiliary_generator_terms(self, loss: torch.Tensor, logs: dict[str, float], x_gen: torch.Tensor,
+                                  cond: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+        """``loss`` plus the generator's optional terms: DMD's regression on teacher ODE pairs
+        and DMD2's GAN term from the (frozen) fake network's head; their values go to ``logs``."""
         if self.regression_weight > 0:
             reg = self.regression_loss(n, device)
             loss = loss + self.regression_weight * reg
@@ -452,7 +458,7 @@ class DMD(GenerativeMethod):
             adv = g_loss(logits, self.gan_kind)
             loss = loss + self.gan_weight * adv
             logs["gan"] = float(adv.detach())
-        return loss, logs
+        return loss
 
     def regression_loss(self, n: int, device: torch.device) -> torch.Tensor:
         """DMD's regression loss: mean squared error between the one-step generator on the

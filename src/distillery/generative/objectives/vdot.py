@@ -59,7 +59,7 @@ from torch import nn
 
 from ...errors import ConfigError, NonFiniteLossError
 from ..method import METHODS
-from .dmd import DMD, dmd_generator_grad, dmd_generator_loss, frozen
+from .dmd import DMD, dmd_generator_grad, dmd_generator_loss
 from .ot import sinkhorn_loss
 
 OT_PAIRS = ("scores", "samples")
@@ -205,19 +205,7 @@ class VDOT(DMD):
             ot_term = dmd_generator_loss(x_gen, self.ot_step * u)
             loss = loss + self.ot_weight * ot_term
             logs.update({"ot": float(ot_term.detach()), "ot_cost": float(cost)})
-        if self.regression_weight > 0:
-            reg = self.regression_loss(n, device)
-            loss = loss + self.regression_weight * reg
-            logs["regression"] = float(reg.detach())
-        if self.gan_head is not None:
-            from .gan import g_loss
-
-            with frozen(self.fake, self.gan_head):
-                logits, _ = self._logits(x_gen, cond)
-            adv = g_loss(logits, self.gan_kind)
-            loss = loss + self.gan_weight * adv
-            logs["gan"] = float(adv.detach())
-        return loss, logs
+        return self.auxiliary_generator_terms(loss, logs, x_gen, cond, n, device), logs
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
