@@ -48,7 +48,6 @@ restored), so other load on a shared machine delays both sides alike.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import json
@@ -56,12 +55,16 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script too
+
+from benchmarks._timing import one_thread, timed  # noqa: E402
 
 NETS = {"mlp2d": (2,), "unet": (1, 8, 8)}
 ADAM = {"lr": 1e-4, "betas": (0.0, 0.99)}  # DMD2's generator settings (configs/dmd_mixture2d.yaml)
@@ -205,31 +208,6 @@ def check_same_losses(method: Any, n: int, device: str = "cpu", seed: int = 1234
 
 
 # -- timing helpers ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def one_thread(device: str) -> Iterator[None]:
-    """One intra-op thread on CPU inside the block (see the module docstring)."""
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Callable[[], Any], device: str) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
 def interleaved(a: Callable[[], Any], b: Callable[[], Any], *, steps: int, repeats: int, warmup: int,
                 device: str) -> tuple[list[float], list[float]]:
     """Per repeat, the median seconds of ``a`` and of ``b`` over ``steps`` calls each,
@@ -242,11 +220,11 @@ def interleaved(a: Callable[[], Any], b: Callable[[], Any], *, steps: int, repea
         sa, sb = [], []
         for i in range(steps):
             if (i + r) % 2 == 0:
-                sa.append(_timed(a, device))
-                sb.append(_timed(b, device))
+                sa.append(timed(a, device))
+                sb.append(timed(b, device))
             else:
-                sb.append(_timed(b, device))
-                sa.append(_timed(a, device))
+                sb.append(timed(b, device))
+                sa.append(timed(a, device))
         ta.append(statistics.median(sa))
         tb.append(statistics.median(sb))
     return ta, tb

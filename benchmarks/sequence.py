@@ -38,13 +38,11 @@ alike). Run ``python benchmarks/sequence.py [--quick]`` to print the rows as JSO
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,34 +50,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._timing import one_thread, sync, timed  # noqa: E402
 from distillery.sequence.models import TinyGPT  # noqa: E402
 
 DISTILLKIT_BYTES = (114, 300)
-
-
-@contextlib.contextmanager
-def one_thread(device: str) -> Iterator[None]:
-    """One intra-op thread on CPU inside the block (the module docstring says why)."""
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timed(fn: Callable[[], Any], device: str) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 def tiny_gpt(vocab: int, dim: int, depth: int, max_len: int, *, seed: int = 0, ln_gain: float | None = None,
@@ -118,7 +92,7 @@ def kv_cache_sampling(device: str = "cpu", *, new_tokens: int = 256, batch: int 
     times: dict[bool, list[float]] = {True: [], False: []}
     for r in range(repeats):
         for use_cache in ((True, False) if r % 2 == 0 else (False, True)):
-            times[use_cache].append(_timed(lambda: run(use_cache), device))
+            times[use_cache].append(timed(lambda: run(use_cache), device))
     cache_s, full_s = statistics.median(times[True]), statistics.median(times[False])
     made = batch * new_tokens
     return {
@@ -200,23 +174,23 @@ def onpolicy_step_breakdown(device: str = "cpu", *, steps: int = 10, warmup: int
     parts: dict[str, list[float]] = {"sampling": [], "teacher_scoring": [], "student_update": []}
     losses = []
     for step in range(warmup + steps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         student.eval()
         r = generate(student, prompts, pmask, max_new_tokens=new_tokens, temperature=1.0, pad_id=0, generator=g)
         student.train()
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
             t_logits = completion_logits(teacher, prompts, pmask, r.completion, r.completion_mask)
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         s_logits = completion_logits(student, prompts, pmask, r.completion, r.completion_mask)
         loss = token_divergence(s_logits, t_logits, r.completion_mask, "reverse_kl")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _sync(device)
+        sync(device)
         t3 = time.perf_counter()
         t = {"sampling": t1 - t0, "teacher_scoring": t2 - t1, "student_update": t3 - t2}
         losses.append(float(loss.detach()))
