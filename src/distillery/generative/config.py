@@ -234,11 +234,6 @@ def load_methods() -> dict[str, str]:
     return failed
 
 
-def is_generative(raw: Any) -> bool:
-    """Whether a raw (YAML-parsed) config asks for the generative engine."""
-    return isinstance(raw, dict) and raw.get("engine") == "generative"
-
-
 def parse_generative_config(raw: dict[str, Any], source: str = "config") -> GenerativeConfig:
     """Validate a raw dict; a failure is a ConfigError naming every bad key."""
     from ..config.messages import validate_config
@@ -257,7 +252,6 @@ __all__ = [
     "MethodCfg",
     "NetCfg",
     "RESUMABLE_CHANGES",
-    "is_generative",
     "load_methods",
     "parse_generative_config",
 ]

@@ -325,14 +325,7 @@ class SequenceConfig(Strict):
             raise ValueError("teacher.tokenizer gives the teacher its own vocabulary, and no alignment is set: the per-token "
                              "divergences compare the same token ids. Set divergence.alignment: spans (span-merged groups) or "
                              "uld (ULD's sorted-probability distance)")
-        if self.mode == "gkd" and self.lmbda in (0.0, 1.0):
-            pass  # allowed: lmbda 0 is supervised KD, 1 fully on-policy (GKD's endpoints)
         return self
-
-
-def is_sequence(raw: Any) -> bool:
-    """Whether a raw (YAML-parsed) config asks for the sequence engine."""
-    return isinstance(raw, dict) and raw.get("engine") == "sequence"
 
 
 def parse_sequence_config(raw: dict[str, Any], source: str = "config") -> SequenceConfig:
@@ -356,6 +349,5 @@ __all__ = [
     "SequenceConfig",
     "TaskCfg",
     "TokenizerCfg",
-    "is_sequence",
     "parse_sequence_config",
 ]
