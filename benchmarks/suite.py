@@ -7,7 +7,8 @@ machines. Rows: ``engine_overhead``, ``cached_vs_student_only`` (+ ``online_vs_c
 generative engine's ``onestep_vs_teacher_sampling`` (+ ``onestep_vs_teacher_sampling_images``
 outside ``--quick``), ``dmd_step_overhead`` and ``dmd_peak_memory`` (benchmarks/generative.py), and the sequence engine's
 ``kv_cache_sampling``, ``topk_cache_bytes_per_token`` and ``onpolicy_step_breakdown``
-(benchmarks/sequence.py). When a
+(benchmarks/sequence.py), and the streaming engine's ``rolling_kv_per_frame_cost`` and
+``streaming_student_vs_teacher`` (benchmarks/streaming.py). When a
 CUDA device is present the rows that make sense on it run there too, named ``cuda/<row>``.
 Results go to ``DIR/bench.json`` as ``{"rows": [{"name", "ratio", "goal", "unit", "detail"}]}``
 and, as a markdown table, to ``DIR/bench.md``; ``--docs FILE`` also puts that table into the
@@ -66,6 +67,13 @@ def rows(quick: bool, device: str) -> list[tuple[str, Callable[[], Any]]]:
         ("kv_cache_sampling", lambda: sequence.kv_cache_row(quick, device)),
         ("topk_cache_bytes_per_token", lambda: sequence.topk_cache_row(quick, device)),
         ("onpolicy_step_breakdown", lambda: sequence.onpolicy_row(quick, device)),
+    ]
+    # -- the streaming engine's rows (benchmarks/streaming.py)
+    from benchmarks import streaming
+
+    out += [
+        ("rolling_kv_per_frame_cost", lambda: streaming.rolling_kv_per_frame_cost(device, quick)),
+        ("streaming_student_vs_teacher", lambda: streaming.streaming_student_vs_teacher(device, quick)),
     ]
     return out
 

@@ -42,10 +42,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     path = bundled.resolve(args.config)
     cfg = load_config(path, args.set)
     out = Path(args.out) if args.out else Path("runs") / (cfg.name or path.stem)
-    if getattr(cfg, "engine", None) == "generative":
+    if getattr(cfg, "engine", None) in ("generative", "streaming"):
         from .generative.run import run_generative
+        from .streaming.run import run_streaming
 
-        summary = run_generative(cfg, out, resume=args.resume, overwrite=args.overwrite)
+        execute = run_streaming if cfg.engine == "streaming" else run_generative
+        summary = execute(cfg, out, resume=args.resume, overwrite=args.overwrite)
         for n, scores in summary.get("final", {}).items():
             shown = "  ".join(f"{k}={v:.4f}" for k, v in scores.items() if isinstance(v, float))
             print(f"  {n} step(s): {shown}")
@@ -73,7 +75,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     path = bundled.resolve(args.config)
     cfg = load_config(path, args.set)
-    if getattr(cfg, "engine", None) == "generative":
+    if getattr(cfg, "engine", None) in ("generative", "streaming"):
         from .generative.run import validate_generative
 
         print("\n".join(validate_generative(cfg, name=f"{cfg.name or path.stem} ({path})").lines()))
@@ -177,8 +179,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .generative.sample import sample_run
+    from .generative.sample import run_engine, sample_run
 
+    if run_engine(Path(args.run_dir)) == "streaming":
+        from .streaming.sample import sample_stream_run
+
+        result = sample_stream_run(Path(args.run_dir), steps=args.steps, num=args.num if args.num != 1000 else 8, seed=args.seed,
+                                   out=Path(args.out) if args.out else None, chunks=args.chunks)
+        print(f"samples: {result['samples']}")
+        print(f"film strip: {result['png']}")
+        print(f"animation: {result['gif']}")
+        print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
+        return 0
     result = sample_run(Path(args.run_dir), steps=args.steps, num=args.num, seed=args.seed,
                         out=Path(args.out) if args.out else None, guidance=args.guidance)
     print(f"samples: {result['samples']}")
@@ -275,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="reproduction name (see --list)")
     p.add_argument("--list", action="store_true", help="list the reproductions")
     p.add_argument("--all", action="store_true", help="run every reproduction (of --family)")
-    p.add_argument("--family", help="with --all: self_distillation, multi_teacher_feature_contrastive, generative or sequence")
+    p.add_argument("--family", help="with --all: self_distillation, multi_teacher_feature_contrastive, generative, sequence or streaming")
     p.add_argument("--quick", action="store_true", help="smaller, faster version of each experiment")
     p.add_argument("--seeds", type=int, help="seeds per compared setting (default: the reproduction's, usually 3)")
     p.add_argument("--out", help="output directory (default: runs/reproduce/<name>)")
@@ -294,13 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", metavar="FILE", help="also write the table into FILE's generated block (BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("sample", help="sample a trained generative run: samples.safetensors and samples.png")
-    p.add_argument("run_dir", help="the run directory of a generative run")
+    p = sub.add_parser("sample", help="sample a trained generative run (samples.safetensors, samples.png) or stream "
+                                     "a streaming run (film strip PNG and GIF)")
+    p.add_argument("run_dir", help="the run directory of a generative or streaming run")
     p.add_argument("--steps", type=int, required=True, help="sampling steps (network evaluations per sample for one-step solvers)")
-    p.add_argument("--num", type=int, default=1000, help="number of samples (default 1000)")
+    p.add_argument("--num", type=int, default=1000, help="number of samples (default 1000; streaming runs: 8 videos)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0)")
     p.add_argument("--out", help="output folder (default: <run_dir>/sample_steps<N>)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (class-conditional runs)")
+    p.add_argument("--chunks", type=int, help="streaming runs: chunks to stream (default: the run's eval.chunks)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("generate", help="complete a prompt with the student of a trained sequence run")

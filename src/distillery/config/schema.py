@@ -238,6 +238,10 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         from ..generative.config import parse_generative_config
 
         return parse_generative_config(raw, source)  # type: ignore[return-value]
+    if isinstance(raw, dict) and raw.get("engine") == "streaming":
+        from ..streaming.config import parse_streaming_config
+
+        return parse_streaming_config(raw, source)  # type: ignore[return-value]
     if isinstance(raw, dict) and raw.get("engine") == "sequence":
         from ..sequence.config import parse_sequence_config
 

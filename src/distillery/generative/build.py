@@ -19,7 +19,7 @@ from torch import nn
 from ..config.signatures import check_params
 from ..engine import checkpoint as ckpt
 from ..errors import ConfigError
-from .config import GenerativeConfig, GenTeacherCfg, load_methods, parse_generative_config
+from .config import GenerativeConfig, GenTeacherCfg, load_methods
 from .denoisers import Denoiser, build_denoiser_net
 from .method import METHODS, GenerativeMethod
 from .processes import Process, build_process
@@ -95,10 +95,18 @@ def build_generative(cfg: GenerativeConfig, *, probe: bool = True) -> Generative
     student = Denoiser(net, process, cfg.student.prediction, sample_shape, num_classes)
     if cfg.student.init == "teacher":
         _copy_teacher(student, teacher)
+    elif cfg.student.init == "run":
+        _copy_teacher(student, load_run_denoiser(Path(cfg.student.init_run or ""), sample_shape, num_classes),
+                      what=f"student.init_run ({cfg.student.init_run})")
     if probe:
         x = splits.train.x[:2].float()
+        cond: Any = splits.train.y[:2] if num_classes else None
+        extra = getattr(splits.train, "extra", {})  # video data: audio/actions conditions of a streaming network
+        if getattr(net, "audio_dim", 0) or getattr(net, "num_actions", 0):
+            cond = {k: v[:2] for k, v in (("y", cond), ("audio", extra.get("audio")), ("actions", extra.get("actions")))
+                    if v is not None}
         with torch.no_grad():
-            student(x, torch.full((x.shape[0],), 0.5), splits.train.y[:2] if num_classes else None)
+            student(x, torch.full((x.shape[0],), 0.5), cond)
     method = build_method(cfg, student, teacher)
     return GenerativeBuild(splits, splits.train, sample_shape, num_classes, process, teacher, student, method, mixture)
 
@@ -168,7 +176,11 @@ def load_run_denoiser(run_dir: Path, sample_shape: tuple[int, ...] | None = None
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"teacher.run: {run_dir} is not a run directory (it has no config.yaml).")
-    tcfg = parse_generative_config(yaml.safe_load(config.read_text()), str(config))
+    from ..config.schema import parse_config
+
+    tcfg = parse_config(yaml.safe_load(config.read_text()), str(config))  # a generative or streaming run
+    if not hasattr(tcfg, "student") or not hasattr(tcfg.student, "denoiser"):
+        raise ConfigError(f"teacher.run: {run_dir} is not a run of the generative or streaming engine.")
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     names = summary.get("exported") or ["model"]
     weights = run_dir / f"{names[0]}.safetensors"
@@ -186,13 +198,13 @@ def load_run_denoiser(run_dir: Path, sample_shape: tuple[int, ...] | None = None
     return denoiser
 
 
-def _copy_teacher(student: Denoiser, teacher: nn.Module | None) -> None:
+def _copy_teacher(student: Denoiser, teacher: nn.Module | None, what: str = "student.init 'teacher'") -> None:
     base = getattr(teacher, "denoiser", teacher)  # a Guided wrapper holds the denoiser
     net = getattr(base, "net", None)
     if net is None:
-        raise ConfigError("student.init 'teacher': the teacher has no network to copy.")
+        raise ConfigError(f"{what}: the teacher has no network to copy.")
     try:
         student.net.load_state_dict(net.state_dict())
     except RuntimeError as exc:
-        raise ConfigError(f"student.init 'teacher': the student's network does not match the teacher's ({str(exc).splitlines()[0]}); "
-                          "give the student the teacher's denoiser name and params.") from None
+        raise ConfigError(f"{what}: the student's network does not match the source network ({str(exc).splitlines()[0]}); "
+                          "give the student the same denoiser name and params.") from None

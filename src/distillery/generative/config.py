@@ -93,11 +93,21 @@ class GenTeacherCfg(Strict):
 
 
 class GenStudentCfg(Strict):
-    """The trained network: its denoiser, what it predicts and how it starts."""
+    """The trained network: its denoiser, what it predicts and how it starts: ``random``, a copy
+    of the ``teacher``'s weights, or (``run``) the weights exported by the earlier run in
+    ``init_run`` (e.g. an ODE-pair initialisation before DMD)."""
 
     denoiser: NetCfg
     prediction: PREDICTIONS = "x0"
-    init: Literal["random", "teacher"] = "random"
+    init: Literal["random", "teacher", "run"] = "random"
+    init_run: str | None = None
+
+    @model_validator(mode="after")
+    def _init_run(self) -> GenStudentCfg:
+        if (self.init == "run") != (self.init_run is not None):
+            raise ValueError("init 'run' needs init_run: the run directory whose exported weights start the student "
+                             "(and init_run is only read with init 'run')")
+        return self
 
 
 class MethodCfg(Strict):

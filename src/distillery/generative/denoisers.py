@@ -72,12 +72,13 @@ class Denoiser(nn.Module):
 
 
 def _times(t: torch.Tensor | float, x_t: torch.Tensor) -> torch.Tensor:
-    """``t`` as a ``(B,)`` float tensor on ``x_t``'s device."""
+    """``t`` as a ``(B,)`` (or, per frame of a video, ``(B, T)``) float tensor on ``x_t``'s device."""
     t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)
     if t.dim() == 0:
         t = t.expand(x_t.shape[0])
-    if t.shape != (x_t.shape[0],):
-        raise ConfigError(f"Times must have shape (B,) = ({x_t.shape[0]},) for a batch of {x_t.shape[0]}; got {tuple(t.shape)}.")
+    if t.shape != (x_t.shape[0],) and not (t.dim() == 2 and x_t.dim() > 2 and t.shape == x_t.shape[:2]):
+        raise ConfigError(f"Times must have shape (B,) = ({x_t.shape[0]},) for a batch of {x_t.shape[0]} "
+                          f"(or (B, T) for videos (B, T, ...)); got {tuple(t.shape)}.")
     return t
 
 
@@ -154,10 +155,15 @@ def build_denoiser_net(spec: dict[str, Any], sample_shape: tuple[int, ...], num_
 
 def shape_keywords(cls: Any, sample_shape: tuple[int, ...], num_classes: int | None) -> dict[str, Any]:
     """The keywords a registered network takes for the sample shape: ``dim`` for flat networks,
-    ``in_channels`` / ``image_size`` for image networks (``shape_kind`` class attribute:
-    ``"flat"`` default, or ``"image"``), and ``num_classes`` when given."""
+    ``in_channels`` / ``image_size`` for image networks, ``frames`` too for video networks
+    (``shape_kind`` class attribute: ``"flat"`` default, ``"image"`` or ``"video"``), and
+    ``num_classes`` when given."""
     out: dict[str, Any] = {}
-    if getattr(cls, "shape_kind", "flat") == "image":
+    if getattr(cls, "shape_kind", "flat") == "video":
+        if len(sample_shape) != 4 or sample_shape[2] != sample_shape[3]:
+            raise ConfigError(f"denoiser {cls.__name__} needs videos of square frames (T, C, H, H); the data has samples of shape {sample_shape}.")
+        out["frames"], out["in_channels"], out["image_size"] = sample_shape[0], sample_shape[1], sample_shape[2]
+    elif getattr(cls, "shape_kind", "flat") == "image":
         if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
             raise ConfigError(f"denoiser {cls.__name__} needs square images (C, H, H); the data has samples of shape {sample_shape}.")
         out["in_channels"], out["image_size"] = sample_shape[0], sample_shape[1]

@@ -41,11 +41,12 @@ PARAMETERISATIONS = ("eps", "x0", "v", "velocity")
 
 
 def expand(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``coef`` of shape ``(B,)`` or ``()`` reshaped to broadcast against ``like`` ``(B, ...)``."""
+    """``coef`` of shape ``(B,)`` or ``()`` reshaped to broadcast against ``like`` ``(B, ...)``;
+    a ``(B, T)`` coefficient (one per frame of a video ``(B, T, ...)``) broadcasts the same way."""
     coef = torch.as_tensor(coef, dtype=like.dtype, device=like.device)
     if coef.dim() == 0:
         return coef
-    return coef.reshape(coef.shape[0], *([1] * (like.dim() - 1)))
+    return coef.reshape(*coef.shape, *([1] * (like.dim() - coef.dim())))
 
 
 class Process:

@@ -35,10 +35,12 @@ def check_resumed_generative_config(out: Path, cfg: GenerativeConfig) -> list[st
 
 
 def run_generative(cfg: GenerativeConfig, out: Path, *, resume: bool = False, overwrite: bool = False, report: bool = True,
-                   stop_after_steps: int | None = None) -> dict[str, Any]:
+                   stop_after_steps: int | None = None, make: Any = None) -> dict[str, Any]:
     """Execute a generative run; returns its summary. Under torchrun every process calls this;
-    rank 0 alone writes the run directory."""
-    summary = run_trainer_in_dir(out, lambda out: make_trainer(cfg, out, stop_after_steps=stop_after_steps),
+    rank 0 alone writes the run directory. ``make``: the trainer factory ``(cfg, out,
+    stop_after_steps=) -> trainer`` (default :func:`make_trainer`; the streaming engine gives its own)."""
+    make = make or make_trainer
+    summary = run_trainer_in_dir(out, lambda out: make(cfg, out, stop_after_steps=stop_after_steps),
                                  device=cfg.train.device, config_text=dump_generative_config(cfg), resumable=RESUMABLE_CHANGES,
                                  resume=resume, overwrite=overwrite)
     if report and D.is_main() and summary.get("complete"):
@@ -64,9 +66,10 @@ class GenerativeValidation:
 
     name: str
     lines_: list[str] = field(default_factory=list)
+    engine: str = "generative"
 
     def lines(self) -> list[str]:
-        return [f"config {self.name}: OK (generative)", *self.lines_]
+        return [f"config {self.name}: OK ({self.engine})", *self.lines_]
 
 
 def validate_generative(cfg: GenerativeConfig, name: str = "config") -> GenerativeValidation:
@@ -77,7 +80,7 @@ def validate_generative(cfg: GenerativeConfig, name: str = "config") -> Generati
     from .build import build_generative
     from .trainer import BatchStream
 
-    report = GenerativeValidation(name)
+    report = GenerativeValidation(name, engine=cfg.engine)
     out = report.lines_
     device = resolve_device(cfg.train.device)
     start = time.perf_counter()
@@ -108,6 +111,7 @@ def validate_generative(cfg: GenerativeConfig, name: str = "config") -> Generati
         if not torch.isfinite(loss.detach()):
             out.append(f"WARNING: the loss of player {player} is not finite on this batch.")
     m.zero_grad(set_to_none=True)
-    out.append(f"eval: steps {cfg.eval.steps}, {cfg.eval.num_samples} samples, metrics {', '.join(cfg.eval.metrics)}")
+    count = f"{cfg.eval.num_samples} samples" if hasattr(cfg.eval, "num_samples") else f"{cfg.eval.num_videos} videos"
+    out.append(f"eval: steps {cfg.eval.steps}, {count}, metrics {', '.join(cfg.eval.metrics)}")
     out.append(f"built and stepped in {time.perf_counter() - start:.1f}s; nothing was written")
     return report

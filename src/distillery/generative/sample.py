@@ -17,14 +17,27 @@ from ..engine import checkpoint as ckpt
 from ..errors import ConfigError, RunDirError
 
 
+def run_engine(run_dir: Path) -> str | None:
+    """The ``engine`` named in a run directory's ``config.yaml`` (``None`` if unreadable)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return raw.get("engine") if isinstance(raw, dict) else None
+
+
 def load_generative_run(run_dir: Path) -> tuple[Any, Any]:
     """``(config, build)`` of a generative run directory, its method holding the trained weights."""
+    from ..config.schema import parse_config
     from ..engine.rundir import read_run_config
     from .build import build_generative
-    from .config import parse_generative_config
 
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir, "generative", parse_generative_config, "; 'distillery sample' samples generative runs")
+    engine = run_engine(run_dir)
+    cfg = read_run_config(run_dir, engine if engine == "streaming" else "generative", parse_config,
+                          "; 'distillery sample' samples generative and streaming runs")
     built = build_generative(cfg, probe=False)
     method = built.method
     exported = method.exported()

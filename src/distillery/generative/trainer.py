@@ -144,8 +144,12 @@ class GenerativeTrainer(StepLoop):
         self.data, self.reference, self.mixture = data, reference, mixture
         self.num_classes = num_classes
         self.method = method.to(self.device)
+        self.metrics = self._metric_functions()
+
+    def _metric_functions(self) -> dict[str, Callable[..., dict[str, float]]]:
+        """``eval.metrics`` resolved to their functions (a subclass with other metrics overrides it)."""
         table = _metric_table()
-        self.metrics = {name: table[name] for name in cfg.eval.metrics}
+        return {name: table[name] for name in self.cfg.eval.metrics}
 
     # -- set-up ------------------------------------------------------------------------------
     def _set_up(self, resume: bool) -> float:

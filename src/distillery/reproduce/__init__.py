@@ -32,7 +32,7 @@ from ..registry import Registry
 
 REPRODUCTIONS = Registry("reproduction")
 
-FAMILIES = ("self_distillation", "multi_teacher_feature_contrastive", "generative", "sequence")
+FAMILIES = ("self_distillation", "multi_teacher_feature_contrastive", "generative", "sequence", "streaming")
 
 
 @dataclass
@@ -71,11 +71,14 @@ class Context:
         from ..runner import run
 
         cfg = parse_config(raw_config, f"{name} config")
-        if getattr(cfg, "engine", None) == "generative":
+        if getattr(cfg, "engine", None) in ("generative", "streaming"):
             from ..generative.run import run_generative
+            from ..streaming.run import run_streaming
 
-            summary = run_generative(cfg, self.out / name, overwrite=True, report=False)
-            keys = ("sliced_wasserstein", "coverage", "digits_fd")
+            execute = run_streaming if cfg.engine == "streaming" else run_generative
+            summary = execute(cfg, self.out / name, overwrite=True, report=False)
+            keys = ("sliced_wasserstein", "coverage", "digits_fd", "position_error", "flicker", "sync_error",
+                    "revisit_consistency")
             shown = "; ".join(f"{n} step(s): " + ", ".join(f"{k} {scores[k]:.4g}" for k in keys if isinstance(scores.get(k), float))
                               for n, scores in summary.get("final", {}).items())
             self.log(f"  {name}: {shown} ({summary['wall_s']:.1f}s)")

@@ -169,7 +169,9 @@ class Denoising(GenerativeMethod):
         if net.sample_shape is None:
             raise ConfigError("method 'denoising': the network has no sample shape; build it with sample_shape.")
         x = self.process.prior((n, *net.sample_shape), generator=generator, device="cpu").to(device)
-        if cond is not None:
+        if isinstance(cond, dict):  # a video network's conditions (labels, audio, actions)
+            cond = {k: v.to(device) for k, v in cond.items()}
+        elif cond is not None:
             cond = cond.to(device)
         return sample(net, x, steps=steps, solver=self.sample_solver, cond=cond, guidance=self.guidance)
 
