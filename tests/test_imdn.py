@@ -123,3 +123,20 @@ def test_config_parses_and_builds_the_network():
     assert sr_regression_config()["method"]["kind"] == "sr_regression"
     net = build_denoiser_net(cfg.student.denoiser.model_dump(), (1, 8, 8))
     assert isinstance(net, IMDN)
+
+
+def test_sr_picture_is_the_lr_sr_hr_triplet(tmp_path):
+    """``distillery sample`` draws an SR run's samples as LR | SR | HR triplets (the method's picture hook)."""
+    from PIL import Image
+
+    from distillery.generative.sample import save_picture
+
+    student = Denoiser(IMDN(channels=8, blocks=1), FlowProcess(), "x0", (1, 8, 8))
+    method = SRRegression(student, scale=2)
+    x = torch.rand(12, 1, 8, 8) * 2 - 1
+    path = method.picture(x, tmp_path / "triplets.png", "t")
+    assert path == tmp_path / "triplets.png" and path.is_file()
+    generic = save_picture(x, tmp_path / "grid.png")
+    w, h = Image.open(path).size
+    assert h > w  # 8 rows of 3 columns: taller than wide, unlike the square generic grid
+    assert Image.open(generic).size != (w, h)

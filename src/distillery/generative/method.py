@@ -249,6 +249,12 @@ class GenerativeMethod(nn.Module):
         """``(n, *sample_shape)`` samples of the trained model in ``steps`` network evaluations."""
         raise NotImplementedError
 
+    def picture(self, x: torch.Tensor, path: Any, title: str = "") -> Any:
+        """Draw the samples ``x`` of :meth:`sample` the way this method's outputs are read
+        (e.g. super-resolution as low-res | output | high-res triplets) into the PNG ``path`` and
+        return it; ``None`` (the default): ``distillery sample`` draws its generic grid or scatter."""
+        return None
+
     def frozen_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes not saved in checkpoints (frozen teachers built from their own
         files or closed forms). Default: ``("teacher.",)``."""

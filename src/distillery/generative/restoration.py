@@ -436,6 +436,12 @@ class _SRMethod(GenerativeMethod):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "scale": self.scale, "upsample": self.upsample_mode}
 
+    def picture(self, x: torch.Tensor, path: Any, title: str = "") -> Path:
+        """SR triplets LR | SR | HR of the first 8 samples (sample ``i`` super-resolves test digit ``i``)."""
+        hr = _digits("test", x.shape[-1])
+        n = min(8, x.shape[0])
+        return sr_grid_png({"LR": degrade(hr[:n], self.scale), "SR": x[:n], "HR": hr[:n]}, path, rows=n, title=title or None)
+
 
 @METHODS.register("sr_denoising")
 class SRDenoising(_SRMethod):
