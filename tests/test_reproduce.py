@@ -44,6 +44,28 @@ def test_not_worse_and_within():
     assert not within("closed form", 1.1, 1.0, tolerance=1e-8).held
 
 
+def test_minimum_detectable_difference_of_the_seed_rules():
+    """The threshold is max(margin, se); a true difference of threshold + 0.84 se is detected
+    80% of the time, which a simulation of the rule (its se held at the true value) confirms."""
+    import random
+
+    a, b = [0.80, 0.82, 0.84], [0.70, 0.71, 0.72]
+    se = math.sqrt(0.02**2 / 3 + 0.01**2 / 3)
+    d = better("a beats b", a, b, a_name="a", b_name="b", margin=0.001).detectable
+    assert d["threshold"] == pytest.approx(se) and d["at_80_percent"] == pytest.approx(se * (1 + 0.8416))
+    assert d["seeds"] == [3, 3]
+    assert better("m", a, b, a_name="a", b_name="b", margin=0.5).detectable["threshold"] == 0.5
+    rng, true = random.Random(0), d["at_80_percent"]
+    hits = sum(rng.gauss(true, se) > d["threshold"] for _ in range(20000)) / 20000
+    assert hits == pytest.approx(0.80, abs=0.01)
+    nw = not_worse("x", [0.70, 0.72], [0.71, 0.71], a_name="a", b_name="b", tolerance=0.01).detectable
+    assert nw["threshold"] == 0.01 and nw["at_80_percent"] == pytest.approx(0.01 + 0.8416 * math.sqrt(0.0002 / 2))
+    assert better("one seed", [0.9], [0.1], a_name="a", b_name="b").detectable["at_80_percent"] is None
+    saved = better("a beats b", a, b, a_name="a", b_name="b").to_json()
+    assert saved["minimum_detectable_difference"]["at_80_percent"] == pytest.approx(se * 1.8416)
+    assert "not computed" in Claim("c", "r", True).to_json()["minimum_detectable_difference"]["note"]
+
+
 def _fake(ctx):
     ctx.log("fake running")
     return [Claim("seeds are counted", "len(seeds) == 2", len(ctx.seeds) == 2, {"seeds": ctx.seeds, "quick": ctx.quick})]
@@ -60,7 +82,9 @@ def test_claims_json_has_the_documented_shape(tmp_path):
     assert {"paper", "method", "claims", "seeds", "wall_s"} <= set(saved)
     assert saved["seeds"] == 2 and saved["quick"] is True
     assert saved["claims"] == [{"claim": "seeds are counted", "rule": "len(seeds) == 2", "held": True,
-                                "figures": {"seeds": [0, 1], "quick": True}}]
+                                "figures": {"seeds": [0, 1], "quick": True},
+                                "minimum_detectable_difference": {
+                                    "note": "not computed: a rule written by hand (not better/not_worse over seeds)"}}]
     assert saved["command"] == "distillery reproduce _fake_for_tests --seeds 2 --quick"
 
 

@@ -37,15 +37,24 @@ FAMILIES = ("self_distillation", "multi_teacher_feature_contrastive", "generativ
 
 @dataclass
 class Claim:
-    """One checkable statement of a paper, the rule that judges it, and the outcome."""
+    """One checkable statement of a paper, the rule that judges it, and the outcome.
+
+    ``detectable``: how large an effect the rule could detect at its seed count
+    (:func:`detectable_difference`; filled by :func:`better` and :func:`not_worse`), so that
+    "not held" can be told apart from "too small to tell"; ``None`` for a rule written by hand
+    that did not state it (``claims.json`` then says so)."""
 
     claim: str
     rule: str
     held: bool
     figures: dict[str, Any] = field(default_factory=dict)
+    detectable: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"claim": self.claim, "rule": self.rule, "held": bool(self.held), "figures": _jsonable(self.figures)}
+        detectable = self.detectable if self.detectable is not None else {
+            "note": "not computed: a rule written by hand (not better/not_worse over seeds)"}
+        return {"claim": self.claim, "rule": self.rule, "held": bool(self.held), "figures": _jsonable(self.figures),
+                "minimum_detectable_difference": _jsonable(detectable)}
 
 
 @dataclass
@@ -140,6 +149,26 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+Z_80 = 0.8416  # the standard normal's 80% quantile: one-sided power 0.8
+
+
+def detectable_difference(threshold: float, se: float, n: tuple[int, int]) -> dict[str, Any]:
+    """How large a true difference a seed-comparison rule detects, at its seed counts ``n``.
+
+    A rule that holds when the observed difference exceeds ``threshold`` (for :func:`better`
+    ``max(margin, se)``; for :func:`not_worse` ``-tolerance``) sees the observed difference
+    spread around the true one with the standard error ``se`` of the difference
+    (``sqrt(s_a^2/n_a + s_b^2/n_b)``, taken as known). It detects a true difference ``delta``
+    with probability ``Phi((delta - threshold) / se)``: half the time at ``delta = threshold``,
+    80% of the time at ``threshold + 0.84 se`` (``at_80_percent``). With fewer than 2 seeds
+    per side the spread is unknown and nothing can be detected (``None``)."""
+    if min(n) < 2:
+        return {"threshold": None, "at_80_percent": None, "standard_error": None, "seeds": list(n),
+                "note": "fewer than 2 seeds per side: the spread is unknown"}
+    return {"threshold": float(threshold), "at_80_percent": float(threshold + Z_80 * se), "standard_error": float(se),
+            "seeds": list(n)}
+
+
 def better(
     claim: str,
     a: Sequence[float],
@@ -162,7 +191,8 @@ def better(
         f"mean {metric} of {a_name} is {direction} than {b_name}'s by more than {margin:g} and by more "
         "than the standard error of the difference, over >= 2 seeds each"
     )
-    return Claim(claim, rule, held, {a_name: sa, b_name: sb, "difference": diff, "standard_error": se, "metric": metric})
+    return Claim(claim, rule, held, {a_name: sa, b_name: sb, "difference": diff, "standard_error": se, "metric": metric},
+                 detectable=detectable_difference(max(margin, se), se, (sa["n"], sb["n"])))
 
 
 def not_worse(
@@ -181,13 +211,18 @@ def not_worse(
     diff = (sa["mean"] - sb["mean"]) * (1 if higher else -1)
     held = diff >= -tolerance
     rule = f"mean {metric} of {a_name} is at most {tolerance:g} worse than {b_name}'s"
-    return Claim(claim, rule, held, {a_name: sa, b_name: sb, "difference": diff, "tolerance": tolerance, "metric": metric})
+    se = math.sqrt((sa["std"] ** 2) / max(sa["n"], 1) + (sb["std"] ** 2) / max(sb["n"], 1))
+    # the rule fails (detects "worse") when the observed deficit exceeds the tolerance: a true
+    # deficit of tolerance + 0.84 se is caught 80% of the time
+    return Claim(claim, rule, held, {a_name: sa, b_name: sb, "difference": diff, "tolerance": tolerance, "metric": metric},
+                 detectable=detectable_difference(tolerance, se, (sa["n"], sb["n"])))
 
 
 def within(claim: str, value: float, reference: float, *, tolerance: float, what: str = "value") -> Claim:
     """``|value - reference| <= tolerance`` (closed forms, exact numerics)."""
     err = abs(float(value) - float(reference))
-    return Claim(claim, f"|{what} - reference| <= {tolerance:g}", err <= tolerance, {what: float(value), "reference": float(reference), "abs_error": err})
+    return Claim(claim, f"|{what} - reference| <= {tolerance:g}", err <= tolerance, {what: float(value), "reference": float(reference), "abs_error": err},
+                 detectable={"note": "a deterministic check against a reference (no seed spread)", "tolerance": float(tolerance)})
 
 
 def _jsonable(obj: Any) -> Any:

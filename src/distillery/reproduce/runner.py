@@ -103,6 +103,16 @@ def format_figures(figures: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {_short(v)}" for k, v in figures.items())
 
 
+def format_detectable(claim: dict[str, Any]) -> str:
+    """The minimum detectable difference of a claim's rule, in words (older claims.json: "n/a")."""
+    d = claim.get("minimum_detectable_difference")
+    if not d:
+        return "n/a"
+    if d.get("at_80_percent") is not None:
+        return f"{d['threshold']:.3g} (observed difference needed), {d['at_80_percent']:.3g} (true difference found 80% of the time), seeds {d['seeds']}"
+    return str(d.get("note", "n/a"))
+
+
 def format_claims(result: dict[str, Any]) -> str:
     lines = [f"{result['method']} ({result['paper']})", f"{'held':<9} claim"]
     lines.append("-" * 80)
@@ -110,6 +120,7 @@ def format_claims(result: dict[str, Any]) -> str:
         lines.append(f"{'HELD' if c['held'] else 'NOT HELD':<9} {c['claim']}")
         lines.append(f"{'':<9}   rule: {c['rule']}")
         lines.append(f"{'':<9}   figures: {format_figures(c['figures'])}")
+        lines.append(f"{'':<9}   detectable: {format_detectable(c)}")
     lines.append(f"seeds: {result['seeds']}, wall time: {result['wall_s']:.1f}s")
     return "\n".join(lines)
 
@@ -131,12 +142,13 @@ def results_markdown(result: dict[str, Any]) -> str:
         f"Figures from `{result['command']}` ({result['machine']}, {result['date']}, "
         f"{result['wall_s']:.0f} s). Re-run the command to get them again.",
         "",
-        "| claim | held | rule | figures |",
-        "|---|---|---|---|",
+        "| claim | held | rule | figures | detectable difference |",
+        "|---|---|---|---|---|",
     ]
     for c in result["claims"]:
         cell = format_figures(c["figures"]).replace("|", "/")
-        lines.append(f"| {c['claim']} | {'**held**' if c['held'] else '**not held**'} | {c['rule']} | {cell} |")
+        detect = format_detectable(c).replace("|", "/")
+        lines.append(f"| {c['claim']} | {'**held**' if c['held'] else '**not held**'} | {c['rule']} | {cell} | {detect} |")
     lines += ["", RESULTS_END]
     return "\n".join(lines)
 
