@@ -96,11 +96,12 @@ def test_shipped_configs_run_in_order_and_sample(tmp_path, capsys):
     assert run_streaming(cfg, init_run, report=False)["complete"]
     cfg = load_config(CONFIGS / "self_forcing_sprites.yaml",
                       [*TINY, f"teacher.run={teacher_run}", f"student.init_run={init_run}", "method.params.fake_updates=1",
-                       "eval.chunks=6"])
+                       "eval.chunks=6", "eval.metrics=[position_error,flicker,drift,timing]"])
     summary = run_streaming(cfg, sf_run)
     assert summary["complete"]
     final = summary["final"]["2"]
     assert final["nfe_per_video"] == 10 and {"position_error", "flicker", "drift_first", "drift_last"} <= set(final)
+    assert final["stream_fps"] > 0 and 0 < final["first_chunk_latency_s"] < 60
     assert (sf_run / "report.md").is_file() and (sf_run / "samples" / "step2_nfe2.gif").is_file()
     assert main(["sample", str(sf_run), "--steps", "1", "--num", "3", "--chunks", "5", "--out", str(tmp_path / "s")]) == 0
     gif = Image.open(tmp_path / "s" / "samples.gif")

@@ -35,7 +35,8 @@ STREAM_METRICS = ("position_error", "flicker", "drift", "sync_error", "revisit_c
 class StreamingEvalCfg(Strict):
     """Streaming evaluation: ``num_videos`` rollouts of ``chunks`` chunks from ``prefix_chunks``
     real chunks, at ``steps`` denoising steps per chunk; ``metrics`` from
-    :data:`STREAM_METRICS`; ``media``: write a film strip PNG and a GIF per step count."""
+    :data:`STREAM_METRICS` (``timing``: frames per second of one stream and the latency of
+    its first chunk); ``media``: write a film strip PNG and a GIF per step count."""
 
     steps: list[PosInt] = [1, 2]
     num_videos: PosInt = 64

@@ -40,6 +40,35 @@ def eval_videos(splits_fn: Any, frames: int) -> Any:
     return splits_fn(frames).test
 
 
+@torch.no_grad()
+def time_stream(student: Any, steps: int, chunks: int, device: Any, cond: Any = None) -> dict[str, float]:
+    """Frames per second of one stream (batch 1) and the latency of its first chunk: each
+    chunk denoised in ``steps`` steps from noise with the KV cache, then appended to it
+    (:func:`~.metrics.stream_timing`, one warm-up chunk)."""
+    from .metrics import stream_timing
+    from .rollout import step_times
+
+    net, process = student.net, student.process
+    times = step_times(process, steps, device=device)
+    state: dict[str, Any] = {}
+
+    def generate_chunk(k: int) -> torch.Tensor:
+        if k == 0:
+            state["cache"] = net.init_cache()
+        x = torch.randn(1, net.chunk, net.channels, net.size, net.size, device=device)
+        chunk = x
+        for s in range(steps):
+            t = times[s].expand(1)
+            chunk = process.convert(net.denoise_chunk(x, t, state["cache"], k, cond), x, t, student.prediction, "x0")
+            if s + 1 < steps:
+                x = process.add_noise(chunk, torch.randn_like(chunk), times[s + 1].expand(1))
+        net.append_chunk(chunk, state["cache"], k, cond)
+        return chunk
+
+    out = stream_timing(generate_chunk, chunks)
+    return {"stream_fps": float(out["fps"]), "first_chunk_latency_s": float(out["first_chunk_latency_s"])}
+
+
 def score_videos(video: torch.Tensor, truth: dict[str, torch.Tensor], metrics: list[str], chunk: int,
                  prefix_frames: int) -> dict[str, float]:
     """The streaming metrics of ``video`` ``(B, T, C, H, W)`` against the ground truth ``truth``
@@ -142,6 +171,9 @@ class StreamingTrainer(GenerativeTrainer):
             scores: dict[str, float] = {"nfe_per_video": float(nfe), "seconds_per_video": seconds / max(x.shape[0], 1),
                                         "frames_per_second": x.shape[0] * x.shape[1] / max(seconds, 1e-9)}
             scores.update(score_videos(x, truth, metrics, net.chunk, prefix))
+            if "timing" in ev.metrics and net.attention != "bidirectional":
+                cond = conditions_of({k: v[:1].to(self.device) for k, v in truth.items()}, net)
+                scores.update(time_stream(streaming_student(self.method), n, x.shape[1] // net.chunk, self.device, cond))
             entry["results"][str(n)] = scores
             record.update({f"{k}/steps{n}": v for k, v in scores.items()})
             if self.run_dir is not None:
