@@ -1,3 +1,3 @@
 """Imports the modules that register networks in :data:`.denoisers.DENOISERS` (its loader)."""
 
-from . import diffusers_models, networks, restoration  # noqa: F401
+from . import diffusers_models, fusion, networks, restoration  # noqa: F401
