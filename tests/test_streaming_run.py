@@ -80,6 +80,9 @@ def test_self_forcing_generator_gradient_is_dmd_on_the_rollout():
     assert all(p.grad is None for p in m.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert m.describe()["nfe_per_sample"] == 4
+    # a diagonal schedule spreads over the generated chunks only: the real prefix takes no steps
+    m = SelfForcing(student, teacher, schedule="diagonal", first=3, last=1, prefix_chunks=1, fake_updates=1)
+    assert m.schedule == [0, 3, 2, 1] and m.describe()["nfe_per_sample"] == 6
     with pytest.raises(ConfigError, match="causal"):
         SelfForcing(teacher, teacher)
     with pytest.raises(ConfigError, match="prefix_chunks"):

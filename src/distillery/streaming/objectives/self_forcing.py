@@ -38,7 +38,8 @@ class SelfForcing(DMD):
     Args (besides DMD's, see :class:`~distillery.generative.objectives.dmd.DMD`; its
     ``generator_steps`` and ``backward_simulation`` are replaced by the rollout's):
         steps: denoising steps per chunk (``uniform`` schedule) or the base of ``diagonal``.
-        schedule: ``"uniform"`` or ``"diagonal"`` (:func:`~..rollout.chunk_schedule`).
+        schedule: ``"uniform"`` or ``"diagonal"`` (:func:`~..rollout.chunk_schedule`), over the
+            generated chunks (the real prefix chunks take no steps).
         first, last: the diagonal schedule's steps for the first and last chunk.
         context: ``"self"``, ``"teacher"`` or ``"diffusion"`` (what the cache holds in training).
         context_noise: the noise level context chunks are appended at (training and sampling).
@@ -71,7 +72,9 @@ class SelfForcing(DMD):
         chunks = student.sample_shape[0] // net.chunk
         if not 0 <= int(prefix_chunks) < chunks:
             raise ConfigError(f"method 'self_forcing': prefix_chunks must be in [0, {chunks}); got {prefix_chunks!r}.")
-        schedule_steps = chunk_schedule(schedule, chunks, steps, first=first, last=last)
+        # the schedule spreads over the generated chunks; real prefix chunks take no steps
+        schedule_steps = [0] * int(prefix_chunks) + chunk_schedule(schedule, chunks - int(prefix_chunks), steps,
+                                                                   first=first, last=last)
         import inspect
 
         unknown = sorted(set(dmd) - set(inspect.signature(DMD.__init__).parameters))
