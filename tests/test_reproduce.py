@@ -66,6 +66,14 @@ def test_minimum_detectable_difference_of_the_seed_rules():
     assert "not computed" in Claim("c", "r", True).to_json()["minimum_detectable_difference"]["note"]
 
 
+def test_run_all_refuses_a_bad_job_count(tmp_path):
+    from distillery.errors import ConfigError
+    from distillery.reproduce.runner import run_all
+
+    with pytest.raises(ConfigError, match="--jobs"):
+        run_all(tmp_path, family="streaming", jobs=0)
+
+
 def _fake(ctx):
     ctx.log("fake running")
     return [Claim("seeds are counted", "len(seeds) == 2", len(ctx.seeds) == 2, {"seeds": ctx.seeds, "quick": ctx.quick})]

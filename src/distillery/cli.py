@@ -223,7 +223,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / "reproduce" / (args.name or "all")
     prepare_run_dir(out, overwrite=args.overwrite, resumable=False)
     if args.all:
-        run_all(out, quick=args.quick, seeds=args.seeds, family=args.family)
+        run_all(out, quick=args.quick, seeds=args.seeds, family=args.family, jobs=args.jobs)
     else:
         run_one(args.name, out, quick=args.quick, seeds=args.seeds)
     if args.docs:
@@ -289,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="run every reproduction (of --family)")
     p.add_argument("--family", help="with --all: self_distillation, multi_teacher_feature_contrastive, generative, sequence or streaming")
     p.add_argument("--quick", action="store_true", help="smaller, faster version of each experiment")
+    p.add_argument("--jobs", type=int, default=1, help="with --all: reproductions run at once, one process each "
+                                                       "(default 1; 2 on a 2-core machine halves the time)")
     p.add_argument("--seeds", type=int, help="seeds per compared setting (default: the reproduction's, usually 3)")
     p.add_argument("--out", help="output directory (default: runs/reproduce/<name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
