@@ -29,7 +29,7 @@ def _denoiser(attention: str) -> Denoiser:
     from distillery.streaming.models import VideoTransformer
 
     net = VideoTransformer(frames=6, in_channels=1, image_size=8, patch=4, dim=16, depth=1, heads=2, chunk=2,
-                           attention=attention, audio_dim=1, audio_rate=RATE)
+                           attention=attention, audio_dim=1, audio_rate=RATE, layout="joint")
     return Denoiser(net, FlowProcess(), prediction="velocity", sample_shape=SHAPE)
 
 

@@ -24,7 +24,7 @@ RATE = 2
 
 def _denoiser(attention: str) -> Denoiser:
     net = VideoTransformer(frames=6, in_channels=1, image_size=8, patch=4, dim=16, depth=1, heads=2, chunk=2,
-                           attention=attention, audio_dim=1, audio_rate=RATE, max_frames=16)
+                           attention=attention, audio_dim=1, audio_rate=RATE, max_frames=16, layout="joint")
     return Denoiser(net, FlowProcess(), prediction="velocity", sample_shape=SHAPE)
 
 

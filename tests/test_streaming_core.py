@@ -84,8 +84,10 @@ def _model(**kw):
     return m
 
 
-@pytest.mark.parametrize("kw", [{}, {"window": 2}, {"window": 2, "sinks": 1}, {"window": 2, "sinks": 1, "memory": "linear"},
-                                {"attention": "frame_causal"}], ids=["full", "window", "sinks", "linear_memory", "frame_causal"])
+@pytest.mark.parametrize("kw", [{}, {"window": 2}, {"window": 2, "sinks": 1},
+                                {"window": 2, "sinks": 1, "memory": "linear", "layout": "joint"},
+                                {"attention": "frame_causal"}, {"layout": "joint"}, {"layout": "joint", "window": 2}],
+                         ids=["full", "window", "sinks", "linear_memory", "frame_causal", "joint", "joint_window"])
 def test_streaming_with_the_cache_equals_teacher_forcing(kw):
     m = _model(**kw)
     n, chunks = 2, 6  # 12 frames: longer than training (8), shorter than the table (32)
@@ -105,7 +107,7 @@ def test_streaming_with_the_cache_equals_teacher_forcing(kw):
 
 
 def test_the_linear_memory_changes_outputs_only_once_tokens_are_evicted():
-    m = _model(window=2, memory="linear")
+    m = _model(window=2, memory="linear", layout="joint")
     x = torch.randn(1, 8, 1, 16, 16, dtype=torch.float64)
     t = torch.rand(1, dtype=torch.float64)
     with torch.no_grad():
@@ -116,6 +118,26 @@ def test_the_linear_memory_changes_outputs_only_once_tokens_are_evicted():
     # chunks 0 and 1 evict nothing (window 2): identical; chunk 2 on sees the memory of chunk 0
     torch.testing.assert_close(gated[:, :4], plain[:, :4], rtol=0, atol=1e-12)
     assert (gated[:, 4:] - plain[:, 4:]).abs().max() > 1e-6
+
+
+def test_divided_attention_spatial_then_temporal():
+    """Divided space-time attention: one block attends within a frame (a change in frame 0 reaches
+    no other frame); the second block carries it across frames."""
+    m = _model(layout="divided", attention="bidirectional")
+    one = VideoTransformer(frames=8, chunk=2, dim=16, depth=1, heads=2, layout="divided", attention="bidirectional").double()
+    with torch.no_grad():
+        for p in one.parameters():
+            p.normal_(0.0, 0.2)
+    x = torch.randn(1, 8, 1, 16, 16, dtype=torch.float64)
+    t = torch.rand(1, dtype=torch.float64)
+    y = x.clone()
+    y[:, 0, :, :4, :4] += 1.0  # patch 0 of frame 0
+    d1 = (one(y, t) - one(x, t)).abs()
+    assert d1[:, 1:].max() == 0 and d1[:, 0].max() > 0  # spatial only
+    d2 = (m(y, t) - m(x, t)).abs()  # spatial then temporal
+    assert d2[:, 3].max() > 0  # a later frame hears it through the temporal block
+    with pytest.raises(ConfigError, match="layout"):
+        VideoTransformer(frames=8, chunk=2, window=2, memory="linear")
 
 
 def test_causality_later_frames_do_not_change_earlier_outputs():
@@ -143,7 +165,7 @@ def test_position_table_and_condition_errors():
     with pytest.raises(ConfigError, match="does not divide"):
         VideoTransformer(frames=9, chunk=2)
     with pytest.raises(ConfigError, match="window"):
-        VideoTransformer(frames=8, chunk=2, memory="linear")
+        VideoTransformer(frames=8, chunk=2, memory="linear", layout="joint")
     with pytest.raises(ConfigError, match="cannot stream"):
         VideoTransformer(frames=8, chunk=2, attention="bidirectional").init_cache()
 
@@ -153,7 +175,7 @@ def test_position_table_and_condition_errors():
 
 def _student():
     torch.manual_seed(0)
-    net = VideoTransformer(frames=8, chunk=2, dim=16, depth=1, heads=2)
+    net = VideoTransformer(frames=8, chunk=2, dim=16, depth=2, heads=2)  # a spatial and a temporal block
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0.0, 0.1)

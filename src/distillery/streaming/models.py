@@ -62,6 +62,12 @@ __all__ = ["KVCache", "VideoTransformer", "sinusoidal_table"]
 
 CTX, NOISY = 0, 1  # token roles: context (seen by later chunks) and the chunk being denoised
 
+LAYOUTS = ("divided", "joint")
+"""How a block's attention spans space and time: ``divided`` (Bertasius et al. 2021,
+arXiv:2102.05095, TimeSformer's divided space-time attention: even blocks attend within a frame,
+odd blocks across frames at the same patch position, both under the streaming mask), or
+``joint`` (every block attends over all visible tokens)."""
+
 
 def sinusoidal_table(rows: int, dim: int) -> torch.Tensor:
     """``(rows, dim)`` sinusoidal position features (Vaswani et al. 2017)."""
@@ -214,7 +220,8 @@ class VideoTransformer(nn.Module):
 
     def __init__(self, frames: int, in_channels: int = 1, image_size: int = 16, *, patch: int = 4, dim: int = 64,
                  depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, chunk: int = 4,
-                 attention: str = "block_causal", window: int | None = None, sinks: int = 0, memory: str = "none",
+                 attention: str = "block_causal", layout: str = "divided", window: int | None = None, sinks: int = 0,
+                 memory: str = "none",
                  max_frames: int = 256, num_classes: int | None = None, audio_dim: int = 0, audio_rate: int = 1,
                  num_actions: int = 0) -> None:
         super().__init__()
@@ -229,12 +236,18 @@ class VideoTransformer(nn.Module):
             raise ConfigError(f"video_transformer: dim {dim} is not divisible by heads {heads}.")
         if memory not in ("none", "linear"):
             raise ConfigError(f"video_transformer: memory must be 'none' or 'linear', got {memory!r}.")
+        if layout not in LAYOUTS:
+            raise ConfigError(f"video_transformer: layout must be one of {', '.join(LAYOUTS)}; got {layout!r}.")
+        if memory == "linear" and layout != "joint":
+            raise ConfigError("video_transformer: memory 'linear' is written for layout 'joint' (one memory over all "
+                              "evicted tokens); set layout: joint.")
         if memory == "linear" and window is None:
             raise ConfigError("video_transformer: memory 'linear' summarises tokens evicted from a window; set window.")
         if max_frames < frames:
             raise ConfigError(f"video_transformer: max_frames {max_frames} is shorter than a training video ({frames}).")
         self.frames, self.channels, self.size, self.patch = frames, in_channels, image_size, patch
         self.chunk, self.attention, self.window, self.sinks = chunk, attention, window, sinks
+        self.layout = layout
         self.memory, self.max_frames = memory, max_frames
         self.dim, self.depth, self.feature_dim = dim, depth, dim
         self.grid = image_size // patch
@@ -354,8 +367,15 @@ class VideoTransformer(nn.Module):
         mask, mem = self._masks(qc, qf, qr, kc, kf, kr)
         if mem is not None and cache is not None:
             mem = None  # with a cache, evicted tokens live in the state, not among the keys
+        masks = [mask] * 2
+        if self.layout == "divided":  # tokens arrive frame by frame: position within the frame = index mod n
+            n = self.tokens_per_frame
+            qs = torch.arange(len(qc)) % n
+            ks = torch.arange(len(kc)) % n
+            masks = [mask & (qf[:, None] == kf[None, :]), mask & (qs[:, None] == ks[None, :])]
         kv = []
         for layer, block in enumerate(self.blocks):
+            mask = masks[layer % 2]
             past = None
             state = None
             if cache is not None and len(cache):
