@@ -100,3 +100,19 @@ def test_dmd_two_ranks_draw_one_process_batch():
         finally:
             Dist.rank, Dist.world_size = orig
     assert sum(halves) / 2 == pytest.approx(whole, abs=1e-6)
+
+
+def test_denoising_subclasses_draw_through_self_draw():
+    """The denoising method's own noise draws do not shadow the base class's draws (a method named
+    ``_draws`` once did): inside an announced update a subclass's ``self.draw`` is a BatchDraws."""
+    from distillery.generative.denoisers import Denoiser, MLPDenoiser
+    from distillery.generative.method import GLOBAL_DRAWS
+    from distillery.generative.objectives.denoising import Denoising
+
+    m = Denoising(Denoiser(MLPDenoiser(dim=2, hidden=[8]), FlowProcess(), "velocity", sample_shape=(2,)))
+    assert m.draw is GLOBAL_DRAWS
+    m.begin_update("model", 3, 0)
+    with m.drawing("model", 3) as draw:
+        assert isinstance(draw, BatchDraws) and m.draw is draw
+    loss, _ = m.loss("model", {"x": torch.randn(4, 2)}, 3)
+    assert torch.isfinite(loss)

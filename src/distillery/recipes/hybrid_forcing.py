@@ -186,7 +186,7 @@ class HybridForcing(VideoDenoising):
         x0 = batch["x"]
         if x0.dim() != 5:
             raise ConfigError(f"method 'hybrid_forcing' needs videos (B, T, C, H, W); the batch has {tuple(x0.shape)}.")
-        eps, t_video, _ = self._draws(x0, step)
+        eps, t_video, _ = self._noise_draws(x0, step)
         t = t_video if self.noise == "video" else self._video_times(x0.shape[0], x0.shape[1], step, x0.device, x0.dtype)
         cond = conditions_of(batch, self.model.net)
         x_t = self.process.add_noise(x0, eps, t)

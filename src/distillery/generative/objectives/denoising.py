@@ -125,7 +125,7 @@ class Denoising(GenerativeMethod):
     def process(self) -> Process:
         return self.model.process
 
-    def _draws(self, x0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _noise_draws(self, x0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's slice of the global batch's ``(eps, t, uniform)`` draws at ``step``."""
         # BatchDraws with this method's own seed of (seed, step) (one update per step), kept so
         # that denoising runs draw what they drew before the per-update seeds of the other methods
@@ -137,7 +137,7 @@ class Denoising(GenerativeMethod):
 
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x0 = batch["x"]
-        eps, t, u = self._draws(x0, step)
+        eps, t, u = self._noise_draws(x0, step)
         cond = None
         if self.model.num_classes:
             cond = batch["y"].clone()

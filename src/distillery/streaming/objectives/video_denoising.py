@@ -72,7 +72,7 @@ class VideoDenoising(Denoising):
         x0 = batch["x"]
         if x0.dim() != 5:
             raise ConfigError(f"method 'video_denoising' needs videos (B, T, C, H, W); the batch has {tuple(x0.shape)}.")
-        eps, t_video, u = self._draws(x0, step)
+        eps, t_video, u = self._noise_draws(x0, step)
         t = t_video if self.noise == "video" else self._video_times(x0.shape[0], x0.shape[1], step, x0.device, x0.dtype)
         cond = conditions_of(batch, self.model.net)
         if isinstance(cond, dict) and "y" in cond and self.label_dropout:
