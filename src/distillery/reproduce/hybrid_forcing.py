@@ -132,7 +132,8 @@ def costs() -> dict[str, dict[str, float]]:
     kinds = {"full": {"window": None, "memory": "none"}, "window": {"window": WINDOW, "memory": "none"},
              "hybrid": {"window": WINDOW, "memory": "linear"}}
     torch.manual_seed(0)
-    return {k: stream_cost(VideoTransformer(FRAMES, 1, 16, attention="block_causal", max_frames=128, **ARCH, **v),
+    return {k: stream_cost(VideoTransformer(FRAMES, 1, 16, attention="block_causal", layout="joint", max_frames=128,
+                                            **ARCH, **v),
                            COST_FRAME) for k, v in kinds.items()}
 
 

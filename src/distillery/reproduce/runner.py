@@ -86,9 +86,14 @@ def run_all(out: Path, *, quick: bool = False, seeds: int | None = None, family:
     names = [n for n in REPRODUCTIONS.names() if family is None or REPRODUCTIONS.get(n).family == family]
     results = []
     t0 = time.perf_counter()
+    failed: dict[str, str] = {}
     if jobs == 1:
         for name in names:
-            results.append(run_one(name, Path(out) / name, quick=quick, seeds=seeds, log=log))
+            try:
+                results.append(run_one(name, Path(out) / name, quick=quick, seeds=seeds, log=log))
+            except Exception as exc:  # one broken reproduction does not lose the others' results
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                log(f"reproduce {name} FAILED: {failed[name]}")
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -97,13 +102,22 @@ def run_all(out: Path, *, quick: bool = False, seeds: int | None = None, family:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             futures = {pool.submit(_run_logged, name, str(out), quick, seeds): name for name in names}
             for future in as_completed(futures):
-                result = future.result()
-                done[futures[future]] = result
-                log(format_claims(result))
-        results = [done[name] for name in names]
-    atomic_write_json(Path(out) / "index.json", {"results": results, "wall_s": time.perf_counter() - t0, "quick": quick})
+                name = futures[future]
+                try:
+                    done[name] = future.result()
+                except Exception as exc:  # one broken reproduction does not lose the others' results
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                    log(f"reproduce {name} FAILED: {failed[name]} (its log: {Path(out) / name / 'log.txt'})")
+                    continue
+                log(format_claims(done[name]))
+        results = [done[name] for name in names if name in done]
+    atomic_write_json(Path(out) / "index.json", {"results": results, "failed": failed, "wall_s": time.perf_counter() - t0,
+                                                  "quick": quick})
     log(format_index(results))
     log(f"total wall time {time.perf_counter() - t0:.0f}s")
+    if failed:
+        raise ConfigError(f"{len(failed)} reproduction(s) failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
+                          + f". The others' results are in {Path(out) / 'index.json'}.")
     return results
 
 
