@@ -44,11 +44,10 @@ from typing import Any
 from ..recipes.diagonal_distillation import diagonal_config, uniform_config
 from . import Claim, Context, Reproduction, better, mean_std, register, within
 from ._common import Settings, compose
+from ._streaming import causal_student, stream_train, video_teacher
 
 FRAMES, CHUNK, PREFIX, EVAL_CHUNKS, STEPS = 8, 2, 1, 16, 2
 NET = {"dim": 32, "depth": 2, "heads": 4, "patch": 4, "chunk": CHUNK}
-PROCESS = {"kind": "flow"}
-PREDICTION = "velocity"
 TAU = 0.1
 SETTINGS = Settings(
     quick={"teacher_steps": 1000, "student_steps": 150, "n_train": 1000, "num_videos": 64},
@@ -56,35 +55,16 @@ SETTINGS = Settings(
 )
 
 
-def _data(s: dict[str, Any], batch: int) -> dict[str, Any]:
-    return {"dataset": "sprite_videos", "params": {"frames": FRAMES, "n_train": s["n_train"], "n_test": 200},
-            "batch_size": batch}
-
-
-def _train(steps: int, lr: float, **extra: Any) -> dict[str, Any]:
-    return {"steps": steps, "optimizer": {"name": "adam", "lr": lr}, "log_every": max(1, steps // 10),
-            "checkpoint_every": 10**9, "keep_checkpoints": 1, "progress": False, "tensorboard": False, **extra}
-
-
 def teacher_config(s: dict[str, Any]) -> dict[str, Any]:
     """The bidirectional video teacher (seed 0)."""
-    return {"engine": "streaming", "name": "diagonal_teacher", "seed": 0, "data": _data(s, 32), "process": PROCESS,
-            "student": {"denoiser": {"name": "video_transformer", "params": {**NET, "attention": "bidirectional"}},
-                        "prediction": PREDICTION},
-            "method": {"kind": "video_denoising", "params": {"ema_decay": 0.99}},
-            "train": _train(s["teacher_steps"], 2e-3, grad_clip=1.0, scheduler={"name": "cosine", "warmup_steps": 50}),
-            "eval": {"steps": [16], "num_videos": 32, "metrics": ["flicker"], "media": False}}
+    return video_teacher("diagonal_teacher", NET, FRAMES, s["n_train"], s["teacher_steps"])
 
 
 def student_configs(s: dict[str, Any], teacher_run: str) -> dict[str, dict[str, Any]]:
     """The two causal students (without their seed)."""
-    base = {"engine": "streaming", "data": _data(s, 16), "process": PROCESS,
-            "teacher": {"kind": "run", "run": teacher_run},
-            "student": {"denoiser": {"name": "video_transformer", "params": {**NET, "attention": "block_causal"}},
-                        "prediction": PREDICTION, "init": "teacher"},
-            "train": _train(s["student_steps"], 1e-4),
-            "eval": {"steps": [STEPS], "num_videos": s["num_videos"], "chunks": EVAL_CHUNKS, "prefix_chunks": PREFIX,
-                     "metrics": ["drift", "position_error"], "media": True}}
+    base = causal_student(NET, FRAMES, s["n_train"], teacher_run, stream_train(s["student_steps"], 1e-4),
+                          {"steps": [STEPS], "num_videos": s["num_videos"], "chunks": EVAL_CHUNKS, "prefix_chunks": PREFIX,
+                           "metrics": ["drift", "position_error"], "media": True})
     return {
         "uniform": compose(base, uniform_config(steps=STEPS, prefix_chunks=PREFIX, fake_updates=2)),
         "diagonal": compose(base, diagonal_config(steps=STEPS, last=1, context_noise=TAU, prefix_chunks=PREFIX,

@@ -38,6 +38,7 @@ from typing import Any
 from ..recipes.ffp import ffp_config
 from . import Claim, Context, Reproduction, better, mean_std, register
 from ._common import Settings, compose
+from ._streaming import causal_student, stream_train, video_teacher
 
 FRAMES, CHUNK, PREFIX, EVAL_CHUNKS, STEPS = 8, 2, 1, 16, 2
 NET = {"dim": 32, "depth": 2, "heads": 4, "patch": 4, "chunk": CHUNK}
@@ -47,36 +48,17 @@ SETTINGS = Settings(
 )
 
 
-def _data(s: dict[str, Any], batch: int) -> dict[str, Any]:
-    return {"dataset": "sprite_videos", "params": {"frames": FRAMES, "n_train": s["n_train"], "n_test": 200},
-            "batch_size": batch}
-
-
-def _train(steps: int, lr: float, **extra: Any) -> dict[str, Any]:
-    return {"steps": steps, "optimizer": {"name": "adam", "lr": lr, **extra.pop("opt", {})},
-            "log_every": max(1, steps // 10), "checkpoint_every": 10**9, "keep_checkpoints": 1, "progress": False,
-            "tensorboard": False, **extra}
-
-
 def teacher_config(s: dict[str, Any]) -> dict[str, Any]:
     """The bidirectional video teacher (seed 0)."""
-    return {"engine": "streaming", "name": "ffp_teacher", "seed": 0, "data": _data(s, 32), "process": {"kind": "flow"},
-            "student": {"denoiser": {"name": "video_transformer", "params": {**NET, "attention": "bidirectional"}},
-                        "prediction": "velocity"},
-            "method": {"kind": "video_denoising", "params": {"ema_decay": 0.99}},
-            "train": _train(s["teacher_steps"], 2e-3, grad_clip=1.0, scheduler={"name": "cosine", "warmup_steps": 50}),
-            "eval": {"steps": [16], "num_videos": 32, "metrics": ["flicker"], "media": False}}
+    return video_teacher("ffp_teacher", NET, FRAMES, s["n_train"], s["teacher_steps"])
 
 
 def student_configs(s: dict[str, Any], teacher_run: str) -> dict[str, dict[str, Any]]:
     """The two causal students (without their seed)."""
-    base = {"engine": "streaming", "data": _data(s, 16), "process": {"kind": "flow"},
-            "teacher": {"kind": "run", "run": teacher_run},
-            "student": {"denoiser": {"name": "video_transformer", "params": {**NET, "attention": "block_causal"}},
-                        "prediction": "velocity", "init": "teacher"},
-            "train": _train(s["student_steps"], 1e-4, opt={"betas": [0.0, 0.99]}),
-            "eval": {"steps": [STEPS], "num_videos": s["num_videos"], "chunks": EVAL_CHUNKS, "prefix_chunks": PREFIX,
-                     "metrics": ["drift", "position_error", "flicker"], "media": True}}
+    base = causal_student(NET, FRAMES, s["n_train"], teacher_run,
+                          stream_train(s["student_steps"], 1e-4, optimizer={"betas": [0.0, 0.99]}),
+                          {"steps": [STEPS], "num_videos": s["num_videos"], "chunks": EVAL_CHUNKS, "prefix_chunks": PREFIX,
+                           "metrics": ["drift", "position_error", "flicker"], "media": True})
     return {"self_forcing": compose(base, ffp_config(identity_weight=0.0, steps=STEPS, prefix_chunks=PREFIX,
                                                      fake_updates=1)),
             "ffp": compose(base, ffp_config(identity_weight=1.0, steps=STEPS, prefix_chunks=PREFIX, fake_updates=1))}
