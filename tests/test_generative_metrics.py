@@ -186,6 +186,15 @@ def test_digit_classifier_is_accurate_and_cached(digit_net, tmp_path):
         metrics._DIGIT_NET.update(saved)
 
 
+def test_the_digit_net_trains_when_first_asked_for_under_no_grad(monkeypatch):
+    """Training the feature net turns gradients on itself: a first call from inside
+    ``torch.no_grad`` (an evaluation) trains it rather than failing on ``backward``."""
+    monkeypatch.setitem(metrics._DIGITS_TRAIN, "epochs", 1)  # a short fit: only the grad mode matters
+    with torch.no_grad():
+        net, record = metrics._train_digit_net()
+    assert record["test_accuracy"] > 0.5
+
+
 def test_digits_fd_small_between_real_splits_large_against_noise(digit_net):
     train, test = digits_reference("train"), digits_reference("test")
     assert train.shape == (1438, 1, 8, 8) and test.shape == (359, 1, 8, 8) and float(train.min()) >= -1 and float(train.max()) <= 1

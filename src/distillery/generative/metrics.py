@@ -299,14 +299,15 @@ def _train_digit_net() -> tuple[DigitFeatureNet, dict[str, float]]:
         opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         x, y = data["train_x"], data["train_y"]
         net.train()
-        for _ in range(cfg["epochs"]):
-            perm = torch.randperm(len(x), generator=gen)
-            for i in range(0, len(x), cfg["batch_size"]):
-                idx = perm[i : i + cfg["batch_size"]]
-                loss = nn.functional.cross_entropy(net.logits(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+        with torch.enable_grad():  # also when the net is first asked for under torch.no_grad
+            for _ in range(cfg["epochs"]):
+                perm = torch.randperm(len(x), generator=gen)
+                for i in range(0, len(x), cfg["batch_size"]):
+                    idx = perm[i : i + cfg["batch_size"]]
+                    loss = nn.functional.cross_entropy(net.logits(x[idx]), y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
         net.eval()
         with torch.no_grad():
             acc = float((net.logits(data["test_x"]).argmax(1) == data["test_y"]).float().mean())
