@@ -48,11 +48,9 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..generative.method import METHODS, drawn
-from ..generative.objectives.common import batch_cond
 from ..generative.objectives.consistency import (
     ConsistencyDistillation,
     consistency_distance,
-    consistency_grid,
 )
 from ..generative.objectives.gan import TimeAwareDiscriminator, d_loss, g_loss
 from ..registry import DATASETS
@@ -195,21 +193,6 @@ class MotionConsistency(ConsistencyDistillation):
         """``(n, C, H, W)`` high-quality images drawn from the image set."""
         idx = self.draw.randint(0, len(self._hq), n, device="cpu")
         return self._hq[idx].to(device=device, dtype=dtype)
-
-    def student_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(f_theta(x_{n+1}, t_{n+1}), f_theta-(x^_n, t_n))``, both ``(B, T, C, H, W)``, the
-        target without gradient."""
-        x = batch["x"]
-        process = self.teacher.process
-        grid = consistency_grid(process, self.num_scales, x.dtype, x.device)
-        n = self.draw.randint(0, self.num_scales - 1, x.shape[0], device=x.device)
-        t_next, t_n = grid[n + 1], grid[n]
-        x_next = process.add_noise(x, self.draw.randn_like(x), t_next)
-        cond = batch_cond(batch, self.student)
-        with torch.no_grad():
-            x_hat = self.teacher_step(x_next, t_next, t_n, batch_cond(batch, self.teacher))
-            target = self.f(self.target, x_hat, t_n, cond)
-        return self.f(self.student, x_next, t_next, cond), target
 
     @drawn
     def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:

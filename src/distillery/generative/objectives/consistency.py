@@ -170,8 +170,10 @@ class ConsistencyDistillation(GenerativeMethod):
         guidance = self.guidance if cond is not None else None
         return solve(self.teacher, x, t, s, steps=1, solver=self.solver, cond=cond, guidance=guidance)
 
-    @drawn
-    def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def student_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f_theta(x_{n+1}, t_{n+1}), f_theta-(x^_n, t_n))`` for the batch, each shaped like
+        ``batch["x"]``: the student at a random grid point and the target network (no gradient)
+        one teacher step closer to the data."""
         x = batch["x"]
         process = self.teacher.process
         grid = consistency_grid(process, self.num_scales, x.dtype, x.device)
@@ -182,7 +184,12 @@ class ConsistencyDistillation(GenerativeMethod):
         with torch.no_grad():
             x_hat = self.teacher_step(x_next, t_next, t_n, batch_cond(batch, self.teacher))
             target = self.f(self.target, x_hat, t_n, cond)
-        d = consistency_distance(self.f(self.student, x_next, t_next, cond), target, self.distance, self.huber_c)
+        return self.f(self.student, x_next, t_next, cond), target
+
+    @drawn
+    def loss(self, player: str, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        out, target = self.student_outputs(batch)
+        d = consistency_distance(out, target, self.distance, self.huber_c)
         loss = d.mean()
         return loss, {"loss": float(loss.detach())}
 
