@@ -226,14 +226,6 @@ class ASD(SelfForcing):
         return 1 if player == "discriminator" else super().updates(player)
 
     # -- sampling ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def stream(self, n: int, chunks: int, steps: int | list[int], *, cond: Any = None, real: torch.Tensor | None = None,
-               prefix_chunks: int | None = None, device: str | torch.device = "cpu") -> Any:
-        """Inference rollout; an integer ``steps`` uses :meth:`inference_schedule` (FFE)."""
-        if not isinstance(steps, (list, tuple)):
-            steps = self.inference_schedule(chunks, int(steps), prefix_chunks)
-        return super().stream(n, chunks, steps, cond=cond, real=real, prefix_chunks=prefix_chunks, device=device)
-
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         out.update({"method": "asd", "max_steps": self.max_steps, "asd_weight": self.asd_weight, "ffe_steps": self.ffe_steps,

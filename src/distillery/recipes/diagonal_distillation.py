@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 from ..errors import ConfigError
 from ..generative.method import METHODS
@@ -103,14 +102,6 @@ class DiagonalDistillation(SelfForcing):
         at ``steps``); the streaming trainer's evaluation calls this."""
         prefix = self.prefix_chunks if prefix_chunks is None else int(prefix_chunks)
         return diagonal_schedule(chunks, int(steps), prefix_chunks=prefix, last=min(self.last, int(steps)))
-
-    @torch.no_grad()
-    def stream(self, n: int, chunks: int, steps: int | list[int], *, cond: Any = None, real: torch.Tensor | None = None,
-               prefix_chunks: int | None = None, device: str | torch.device = "cpu") -> Any:
-        """Inference rollout; an integer ``steps`` is the average of a diagonal schedule."""
-        if not isinstance(steps, (list, tuple)):
-            steps = self.inference_schedule(chunks, int(steps), prefix_chunks)
-        return super().stream(n, chunks, steps, cond=cond, real=real, prefix_chunks=prefix_chunks, device=device)
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()

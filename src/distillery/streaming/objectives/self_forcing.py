@@ -104,13 +104,19 @@ class SelfForcing(DMD):
         raise ConfigError("method 'self_forcing': use streaming_ode_init for regression on teacher pairs "
                           "(regression_weight must be 0).")
 
+    def inference_schedule(self, chunks: int, steps: int, prefix_chunks: int | None = None) -> list[int]:
+        """Steps per chunk of an inference stream of ``chunks`` chunks at ``steps`` steps: uniform
+        here; a method with its own schedule (FFE, diagonal) overrides it. :meth:`stream` and the
+        streaming trainer's evaluation read it."""
+        return [int(steps)] * chunks
+
     @torch.no_grad()
     def stream(self, n: int, chunks: int, steps: int | list[int], *, cond: Any = None, real: torch.Tensor | None = None,
                prefix_chunks: int | None = None, device: str | torch.device = "cpu") -> Any:
         """Inference rollout of ``chunks`` chunks (any number, up to the position table): the
-        student conditions on its own output (``steps`` per chunk or a schedule list); returns a
-        :class:`~..rollout.Rollout`."""
-        schedule = list(steps) if isinstance(steps, (list, tuple)) else [int(steps)] * chunks
+        student conditions on its own output (an integer ``steps`` through
+        :meth:`inference_schedule`, or a schedule list); returns a :class:`~..rollout.Rollout`."""
+        schedule = list(steps) if isinstance(steps, (list, tuple)) else self.inference_schedule(chunks, int(steps), prefix_chunks)
         prefix = self.prefix_chunks if prefix_chunks is None else prefix_chunks
         return rollout(self.generator, n, chunks, schedule, cond=cond, real=real, prefix_chunks=prefix,
                        context="self", context_noise=self.context_noise, device=device)
