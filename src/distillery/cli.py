@@ -13,6 +13,7 @@
     distillery cache verify DIR
     distillery reproduce NAME [--quick] [--seeds N] [--out DIR] [--docs DIR]
     distillery reproduce --all [--family F] [--quick] [--out DIR] [--docs DIR]
+    distillery reproduce NAME --diagnose [--quick] [--seeds N] [--out DIR] [--docs DIR]
     distillery reproduce --list
     distillery bench [--quick] [--out DIR] [--docs BENCHMARKS.md]
 
@@ -208,7 +209,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import REPRODUCTIONS, load_all
-    from .reproduce.runner import run_all, run_one, write_docs
+    from .reproduce.runner import diagnose_one, run_all, run_one, write_diagnosis_docs, write_docs
     from .runner import prepare_run_dir
 
     load_all()
@@ -220,7 +221,20 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.all == bool(args.name):
         raise ConfigError("Give a reproduction NAME, or --all, or --list (see 'distillery reproduce --list').")
-    out = Path(args.out) if args.out else Path("runs") / "reproduce" / (args.name or "all")
+    if args.diagnose and args.all:
+        raise ConfigError("--diagnose takes one reproduction NAME, not --all.")
+    default = (args.name or "all") + ("_diagnosis" if args.diagnose else "")
+    out = Path(args.out) if args.out else Path("runs") / "reproduce" / default
+    if args.diagnose:
+        from .reproduce.runner import get
+
+        get(args.name)  # an unknown name is refused before the output folder is made
+        prepare_run_dir(out, overwrite=args.overwrite, resumable=False)
+        diagnose_one(args.name, out, quick=args.quick, seeds=args.seeds)
+        if args.docs:
+            for path in write_diagnosis_docs(out, Path(args.docs)):
+                print(f"docs: {path}")
+        return 0
     prepare_run_dir(out, overwrite=args.overwrite, resumable=False)
     if args.all:
         run_all(out, quick=args.quick, seeds=args.seeds, family=args.family, jobs=args.jobs)
@@ -292,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="with --all: reproductions run at once, one process each "
                                                        "(default 1; 2 on a 2-core machine halves the time)")
     p.add_argument("--seeds", type=int, help="seeds per compared setting (default: the reproduction's, usually 3)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="instead of the claims, measure why they hold or not: premise (teacher vs student alone), "
+                        "power, and the claim's difference at larger sizes (writes diagnosis.json and scale.png)")
     p.add_argument("--out", help="output directory (default: runs/reproduce/<name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--docs", help="after running, update the results of the method pages and the index in this docs folder")

@@ -120,6 +120,9 @@ class Reproduction:
     recipe: str = ""
     default_seeds: int = 3
     doc: str = ""
+    #: ``diagnose(ctx) -> diagnosis.Diagnosis``: premise, power and scale of the claims
+    #: (``distillery reproduce NAME --diagnose``); ``None`` for reproductions without one
+    diagnose: Callable[[Context], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

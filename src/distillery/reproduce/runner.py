@@ -121,8 +121,84 @@ def run_all(out: Path, *, quick: bool = False, seeds: int | None = None, family:
     return results
 
 
-def command_line(name: str, quick: bool, seeds: int) -> str:
-    return f"distillery reproduce {name} --seeds {seeds}" + (" --quick" if quick else "")
+def command_line(name: str, quick: bool, seeds: int, diagnose: bool = False) -> str:
+    return f"distillery reproduce {name} --seeds {seeds}" + (" --diagnose" if diagnose else "") + (" --quick" if quick else "")
+
+
+def diagnose_one(name: str, out: Path, *, quick: bool = False, seeds: int | None = None, log=print) -> dict[str, Any]:
+    """Run reproduction ``name``'s diagnosis (premise, power, scale; :mod:`.diagnosis`) into
+    ``out``: writes ``diagnosis.json`` and ``scale.png``; returns the dict written."""
+    from .diagnosis import Diagnosis, plot
+
+    rep = get(name)
+    if rep.diagnose is None:
+        with_one = [n for n in REPRODUCTIONS.names() if REPRODUCTIONS.get(n).diagnose is not None]
+        raise ConfigError(f"Reproduction {name!r} has no diagnosis; these have one: {', '.join(with_one) or 'none'}.")
+    n = seeds if seeds is not None else rep.default_seeds
+    if n < 2:
+        raise ConfigError(f"--diagnose needs at least 2 seeds (a spread), got {n}.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(seeds=list(range(n)), quick=quick, out=out, log=log)
+    log(f"diagnose {rep.name}: {rep.method} ({rep.paper}); {n} seed(s){', quick' if quick else ''}")
+    t0 = time.perf_counter()
+    with one_thread():
+        diagnosis = rep.diagnose(ctx)
+    if not isinstance(diagnosis, Diagnosis):
+        raise RuntimeError(f"diagnosis of {name!r} returned {type(diagnosis).__name__}, not a Diagnosis")
+    result = {"name": rep.name, "method": rep.method, "paper": rep.paper, **diagnosis.to_json(), "seeds": n, "quick": quick,
+              "wall_s": time.perf_counter() - t0, "command": command_line(rep.name, quick, n, diagnose=True),
+              "machine": machine(), "date": datetime.date.today().isoformat()}
+    atomic_write_json(out / "diagnosis.json", result)
+    plot(result, out / "scale.png", f"{rep.name}: {result['metric']}")
+    log(format_diagnosis(result))
+    return result
+
+
+def format_diagnosis(result: dict[str, Any]) -> str:
+    """The diagnosis in a few lines: premise per size, each comparison per size."""
+    d = result["derived"]
+    lines = [f"{result['method']}: diagnosis ({result['metric']}, {'higher' if result['higher'] else 'lower'} is better)"]
+    for r in d["premise"]:
+        lines.append(f"  premise at {r['size']}: {result['premise'][0]} - {result['premise'][1]} = "
+                     f"{r['difference']:+.4g} +- {r['standard_error']:.3g} ({'held' if r['held'] else 'NOT held'})")
+    for c in d["comparisons"]:
+        for r in c["per_size"]:
+            lines.append(f"  {c['a']} - {c['b']} at {r['size']}: {r['difference']:+.4g} +- {r['standard_error']:.3g} (sign {r['sign']:+d})")
+        lines.append(f"  {c['a']} - {c['b']}: {'sign changes with scale' if c['sign_changes'] else 'no change of sign'}")
+    lines.append(f"wall time: {result['wall_s']:.1f}s")
+    return "\n".join(lines)
+
+
+def write_diagnosis_docs(out: Path, docs_dir: Path, claims: Path | None = None) -> list[Path]:
+    """Put ``out/diagnosis.json`` (tables) and ``out/scale.png`` (as
+    ``docs/methods/img/<name>_scale.png``) into the method's page, between the diagnosis markers;
+    the claims' minimum detectable differences come from the ``claims`` file (a reproduction's
+    ``claims.json``) when given, else ``out/claims.json``, else ``docs/results.json``."""
+    import shutil
+
+    from .diagnosis import DIAGNOSIS_BEGIN, DIAGNOSIS_END, markdown
+
+    out, docs_dir = Path(out), Path(docs_dir)
+    result = json.loads((out / "diagnosis.json").read_text())
+    name = result["name"]
+    store = docs_dir / "results.json"
+    claims = None
+    if claims is not None:
+        claims = json.loads(Path(claims).read_text())["claims"]
+    elif (out / "claims.json").is_file():
+        claims = json.loads((out / "claims.json").read_text())["claims"]
+    elif store.is_file():
+        claims = (json.loads(store.read_text()).get(name) or {}).get("claims")
+    image = docs_dir / "methods" / "img" / f"{name}_scale.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "scale.png", image)
+    page = docs_dir / "methods" / f"{name}.md"
+    text = page.read_text() if page.is_file() else f"# {result['method']}\n\n{result['paper']}\n\n"
+    block = markdown(result, claims, f"img/{name}_scale.png")
+    text = replace_block(text, DIAGNOSIS_BEGIN, DIAGNOSIS_END, block, heading="## Diagnosis\n\n")
+    atomic_write_text(page, text)
+    return [page, image]
 
 
 def machine() -> str:
@@ -200,9 +276,9 @@ def results_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(results_dir: Path, docs_dir: Path) -> list[Path]:
+def write_docs(results_dir: Path, docs_dir: Path, *, index: bool = True) -> list[Path]:
     """Fill the results block of ``docs/methods/<name>.md`` from ``results_dir/<name>/claims.json``
-    and rewrite ``docs/index.md``'s table from every result found."""
+    and (``index``) rewrite ``docs/index.md``'s table and ``docs/results.json`` from every result found."""
     load_all()
     results_dir, docs_dir = Path(results_dir), Path(docs_dir)
     written = []
@@ -215,7 +291,8 @@ def write_docs(results_dir: Path, docs_dir: Path) -> list[Path]:
         text = replace_block(text, RESULTS_BEGIN, RESULTS_END, results_markdown(result), heading="## Reproduction\n\n")
         atomic_write_text(page, text)
         written.append(page)
-    written.append(write_index(docs_dir, found))
+    if index:
+        written.append(write_index(docs_dir, found))
     return written
 
 
