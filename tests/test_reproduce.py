@@ -267,3 +267,35 @@ def test_the_recipes_config_fragments_are_valid_run_configs():
 
     assert [t.name for t in ssld.ssld_distiller(nn.Linear(2, 2), FrozenTeacher(nn.Linear(2, 2)), 2.0).terms] == ["kd"]
     assert [t.name for t in unidistill.detection_terms()] == ["focal", "count"]  # the Python builder keeps its names
+
+
+def test_hand_built_claims_state_their_power():
+    """exact / combined / threshold_on_mean: every hand-judged rule says in claims.json what it
+    could detect, and the page's column puts it in words."""
+    import statistics
+
+    from distillery.reproduce import Z_80, better, combined, exact, threshold_on_mean
+    from distillery.reproduce.runner import format_detectable
+
+    e = exact("costs 1%", "macs ratio <= 1.01", True, {"ratio": 1.005}, what="a multiply-add count")
+    assert "deterministic" in e.to_json()["minimum_detectable_difference"]["note"]
+    a = better("a", [1.0, 1.2, 1.1], [0.9, 0.8, 1.0], a_name="x", b_name="y")
+    b = better("b", [1.0, 1.0], [1.5, 1.6], a_name="x", b_name="y")
+    c = combined("both", "a AND b", [a, b])
+    assert not c.held  # b fails
+    parts = c.to_json()["minimum_detectable_difference"]["parts"]
+    assert parts == [a.detectable, b.detectable]
+    assert format_detectable(c.to_json()).startswith("every part: ")
+    t = threshold_on_mean([0.80, 0.84, 0.82], 0.75, what="mean accuracy")
+    se = statistics.stdev([0.80, 0.84, 0.82]) / 3 ** 0.5
+    assert t["standard_error"] == pytest.approx(se) and t["at_80_percent_beyond_threshold"] == pytest.approx(Z_80 * se)
+    assert "s.e. of the mean" in format_detectable({"minimum_detectable_difference": t})
+    assert "one value" in threshold_on_mean([0.8], 0.5, what="m")["note"]
+
+
+def test_detectable_difference_against_a_fixed_reference():
+    from distillery.reproduce import detectable_difference
+
+    assert detectable_difference(0.1, 0.1, (3, 1))["threshold"] is None  # two-sided rule: 1 seed is not enough
+    ref = detectable_difference(0.1, 0.1, (3, 1), reference=True)
+    assert ref["threshold"] == 0.1 and ref["at_80_percent"] == pytest.approx(0.1 + 0.8416 * 0.1)

@@ -155,7 +155,7 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
 Z_80 = 0.8416  # the standard normal's 80% quantile: one-sided power 0.8
 
 
-def detectable_difference(threshold: float, se: float, n: tuple[int, int]) -> dict[str, Any]:
+def detectable_difference(threshold: float, se: float, n: tuple[int, int], *, reference: bool = False) -> dict[str, Any]:
     """How large a true difference a seed-comparison rule detects, at its seed counts ``n``.
 
     A rule that holds when the observed difference exceeds ``threshold`` (for :func:`better`
@@ -164,8 +164,9 @@ def detectable_difference(threshold: float, se: float, n: tuple[int, int]) -> di
     (``sqrt(s_a^2/n_a + s_b^2/n_b)``, taken as known). It detects a true difference ``delta``
     with probability ``Phi((delta - threshold) / se)``: half the time at ``delta = threshold``,
     80% of the time at ``threshold + 0.84 se`` (``at_80_percent``). With fewer than 2 seeds
-    per side the spread is unknown and nothing can be detected (``None``)."""
-    if min(n) < 2:
+    per side the spread is unknown and nothing can be detected (``None``); ``reference``: the
+    second side is one fixed value (a teacher trained once), so only the first needs 2 seeds."""
+    if (n[0] if reference else min(n)) < 2:
         return {"threshold": None, "at_80_percent": None, "standard_error": None, "seeds": list(n),
                 "note": "fewer than 2 seeds per side: the spread is unknown"}
     return {"threshold": float(threshold), "at_80_percent": float(threshold + Z_80 * se), "standard_error": float(se),
@@ -226,6 +227,37 @@ def within(claim: str, value: float, reference: float, *, tolerance: float, what
     err = abs(float(value) - float(reference))
     return Claim(claim, f"|{what} - reference| <= {tolerance:g}", err <= tolerance, {what: float(value), "reference": float(reference), "abs_error": err},
                  detectable={"note": "a deterministic check against a reference (no seed spread)", "tolerance": float(tolerance)})
+
+
+def exact(claim: str, rule: str, held: bool, figures: dict[str, Any] | None = None, *,
+          what: str = "a measured cost or a closed form") -> Claim:
+    """A claim judged by a deterministic check (``what``: a parameter or multiply-add count, a
+    cache size, a closed form against numerics, a timing ratio): no seed spread, so no minimum
+    detectable difference; ``claims.json`` says so."""
+    return Claim(claim, rule, bool(held), dict(figures or {}),
+                 detectable={"note": f"a deterministic check ({what}): no seed spread to detect against"})
+
+
+def combined(claim: str, rule: str, parts: Sequence[Claim], figures: dict[str, Any] | None = None) -> Claim:
+    """A claim that holds when every one of ``parts`` holds; its minimum detectable difference
+    is each part's (``parts`` in ``claims.json``), since every part must be detected."""
+    parts = list(parts)
+    return Claim(claim, rule, all(p.held for p in parts), dict(figures or {}),
+                 detectable={"note": "every part must hold: each part's minimum detectable difference",
+                             "parts": [p.detectable if p.detectable is not None else {"note": "not computed"} for p in parts]})
+
+
+def threshold_on_mean(values: Sequence[float], threshold: float, *, what: str) -> dict[str, Any]:
+    """Power of a rule that compares a mean over seeds with a fixed ``threshold`` (no test
+    against the spread): the mean's standard error ``s / sqrt(n)`` is the rule's noise, so a true
+    mean ``0.84 s.e.`` beyond the threshold passes 80% of the time (``at_80_percent``, as a
+    distance past the threshold)."""
+    m = mean_std(values)
+    if m["n"] < 2:
+        return {"note": f"{what}: one value, the spread is unknown", "seeds": [m["n"]]}
+    se = m["std"] / math.sqrt(m["n"])
+    return {"threshold": float(threshold), "standard_error": se, "at_80_percent_beyond_threshold": Z_80 * se,
+            "seeds": [m["n"]], "note": f"{what}: a threshold on the mean over seeds (no test against the spread)"}
 
 
 def _jsonable(obj: Any) -> Any:

@@ -51,7 +51,7 @@ from ..recipes.ddae import (
     sc_unet,
     self_conditioning_overhead,
 )
-from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from . import Claim, Context, Reproduction, better, exact, mean_std, not_worse, register
 from ._common import ONE_CHECKPOINT, Settings, compose
 
 CHANNELS = (16, 32)
@@ -124,7 +124,7 @@ def run(ctx: Context) -> list[Claim]:
                higher=False, metric=fd_metric),
         better("Self-conditioning improves the linear probe on mid-level features", probe["sc"], probe["plain"],
                a_name="sc", b_name="plain", metric=probe_metric),
-        Claim("Self-conditioning costs about 1% extra compute",
+        exact("Self-conditioning costs about 1% extra compute",
               f"multiply-accumulates per forward pass of the self-conditioned U-Net exceed the plain one's by at most "
               f"{MAX_EXTRA_COMPUTE:.0%}", extra <= MAX_EXTRA_COMPUTE, dict(compute)),
         better("Contrastive self-distillation (EMA teacher) on top of self-conditioning improves the probe",

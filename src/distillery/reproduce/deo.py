@@ -53,7 +53,7 @@ from ..data.datasets import ArrayDataset
 from ..data.miniature.bands import EXTRA_BANDS, OPTICAL_BANDS, ZeroBands
 from ..evaluation.probes import linear_probe_accuracy
 from ..recipes.deo import deo_config, single_teacher_config
-from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from . import Claim, Context, Reproduction, better, detectable_difference, mean_std, not_worse, register
 from ._common import (
     Settings,
     compose,
@@ -128,7 +128,8 @@ def run(ctx: Context) -> list[Claim]:
               "(s / sqrt(n), n >= 2)",
               dual_ms["n"] >= 2 and dual_ms["mean"] - teacher_acc > se,
               {"dual_multiband": dual_ms, "optical_teacher": teacher_acc, "difference": dual_ms["mean"] - teacher_acc,
-               "standard_error": se, "metric": metric}),
+               "standard_error": se, "metric": metric},
+              detectable=detectable_difference(se, se, (dual_ms["n"], 1), reference=True)),
         better("The optical teacher helps on optical-only input: dual beats single there",
                acc["dual_optical_only"], acc["single_optical_only"], a_name="dual_optical_only", b_name="single_optical_only",
                metric=metric),

@@ -51,7 +51,7 @@ from ..engine.generations import mse_on
 from ..models import build_model
 from ..recipes.guided_sd import guided_sd_loop
 from ..theory import krr
-from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from . import Claim, Context, Reproduction, better, exact, mean_std, not_worse, register
 from ._common import Settings
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -124,14 +124,14 @@ def _krr_part(seeds: list[int]) -> tuple[list[Claim], dict]:
             alpha_err_clip = max(alpha_err_clip, abs(a_clip - _grid_alpha(K, y, prev, lam, K_eval, truth, 0.0, 1.0)))
             alpha_err_free = max(alpha_err_free, abs(a_free - _grid_alpha(K, y, prev, lam, K_eval, truth, -20.0, 20.0)))
     claims = [
-        Claim("Every self-distillation step is a closed-form function of the initial fit: "
+        exact("Every self-distillation step is a closed-form function of the initial fit: "
               "f^(tau) = [alpha sum_{j<tau} (1-alpha)^j A^j + (1-alpha)^tau A^tau] f^(0)",
               "max |closed form - step-by-step KRR refits| <= 1e-8 over alpha in {0,.25,.5,.75,1}, tau <= 20, all seeds",
               closed_err <= 1e-8, {"max_abs_error": closed_err, "steps": KRR_STEPS, "alphas": list(ALPHAS)}),
-        Claim("Infinitely many steps give ridge regression with amplified regularization lam / alpha",
+        exact("Infinitely many steps give ridge regression with amplified regularization lam / alpha",
               "max |f^(400) - K (K + (lam/alpha) I)^-1 y| <= 1e-8 for alpha in {.25,.5,.75,1}, all seeds",
               limit_err <= 1e-8, {"max_abs_error": limit_err}),
-        Claim("The optimal alpha of each step is closed form (squared error to a reference, here the noiseless function)",
+        exact("The optimal alpha of each step is closed form (squared error to a reference, here the noiseless function)",
               "|closed-form alpha - grid search over refitted students (step 1e-2, then 1e-4 around the best)| <= 1e-4, "
               "clipped to [0,1] and unclipped on [-20,20], at every step tau <= 10, all seeds",
               max(alpha_err_clip, alpha_err_free) <= 1e-4 + 1e-12,

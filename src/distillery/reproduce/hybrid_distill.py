@@ -43,6 +43,8 @@ Rules (means over seeds; the teachers are one model each):
 
 from __future__ import annotations
 
+import math
+
 import torch
 from safetensors.torch import load_file
 
@@ -58,7 +60,7 @@ from ..models.miniature.token_masking import TokenMaskingViT
 from ..recipes.dmae import mae_objective
 from ..recipes.hybrid_distill import hybrid_terms, single_teacher_terms, token_features
 from ..teachers import PrecomputedTeacher, TeacherBank
-from . import Claim, Context, Reproduction, mean_std, not_worse, register
+from . import Claim, Context, Reproduction, detectable_difference, mean_std, not_worse, register
 from ._common import Settings, train_section, train_teacher
 
 VIT = {"patch_size": 4, "dim": 32, "depth": 4, "heads": 4, "mlp_ratio": 2.0}
@@ -157,6 +159,7 @@ def run(ctx: Context) -> list[Claim]:
         d_mim > d_sup,
         {"mim_teacher": {k: ref["mim_teacher"][k] for k in ("mean_diversity", "mean_distance", "mean_entropy", "probe")},
          "sup_teacher": {k: ref["sup_teacher"][k] for k in ("mean_diversity", "mean_distance", "mean_entropy", "probe")}},
+        detectable={"note": "one teacher each: a comparison of two single values, no seed spread"},
     ))
     for key, what in (("mean_diversity", "head diversity"), ("mean_distance", "mean attention distance")):
         target = ref["mim_teacher"][key]
@@ -168,6 +171,8 @@ def run(ctx: Context) -> list[Claim]:
             hyb["n"] >= 2 and gap_h < gap_s,
             {"hybrid": hyb, "sup_only": only, "mim_only": mean_std(values("mim_only", key)), "mim_teacher": target,
              "sup_teacher": ref["sup_teacher"][key], "gap_hybrid": gap_h, "gap_sup_only": gap_s},
+            detectable=detectable_difference(0.0, math.sqrt(hyb["std"] ** 2 / hyb["n"] + only["std"] ** 2 / only["n"]),
+                                             (hyb["n"], only["n"])),
         ))
     extra = {"token_fraction_processed": token_fraction,
              "per_block_diversity": {n: [r["diversity"] for r in results[n]] for n in results},

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..generative.restoration import digit_sr_pairs, run_samples, sr_grid_png, sr_scores
 from ..recipes.imdn import imdn_net, plain_cnn_net, sr_regression_config
-from . import Claim, Context, Reproduction, better, mean_std, register
+from . import Claim, Context, Reproduction, better, exact, mean_std, register
 from ._common import Settings, compose
 
 DATA = {"dataset": "digit_images", "params": {"size": 8}}
@@ -79,7 +79,7 @@ def run(ctx: Context) -> list[Claim]:
     claims = [
         better("IMDN (information multi-distillation blocks) beats a plain CNN of equal parameter count on x2 SR",
                scores["imdn"]["psnr"], scores["plain_cnn"]["psnr"], a_name="imdn", b_name="plain_cnn", metric=metric),
-        Claim("The comparison is at equal parameter count (within 5%)", "|params(imdn) - params(plain_cnn)| / "
+        exact("The comparison is at equal parameter count (within 5%)", "|params(imdn) - params(plain_cnn)| / "
               "params(plain_cnn) <= 0.05", ratio <= 0.05, {"relative difference": ratio}),
     ]
     for claim in claims:

@@ -36,7 +36,7 @@ Rules:
 from __future__ import annotations
 
 from ..recipes.linfusion import linfusion_config, token_scaling
-from . import Claim, Context, Reproduction, better, not_worse, register
+from . import Claim, Context, Reproduction, better, exact, not_worse, register
 from ._common import (
     ONE_CHECKPOINT,
     Settings,
@@ -58,7 +58,7 @@ def _train(epochs: int, lr: float, warmup: int) -> dict:
 def _ratio_claim(what: str, key: str, cost: dict) -> Claim:
     lin, soft = cost["linear"][key], cost["softmax"][key]
     r_lin, r_soft = lin[-1] / lin[-2], soft[-1] / soft[-2]
-    return Claim(
+    return exact(
         f"{what} of linear attention grows linearly with the number of tokens (softmax: quadratically)",
         f"from {TOKENS[-2]} to {TOKENS[-1]} tokens, linear attention's {key} ratio < 8 and softmax attention's > 8",
         r_lin < 8 and r_soft > 8,

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from ..recipes.minillm import minillm_arms
-from . import Claim, Context, Reproduction, better, mean_std, register
+from . import Claim, Context, Reproduction, better, combined, mean_std, register
 from ._common import Run, Settings, by_metric, compose, run_grid
 from .gkd import ANSWER_TOKENS, STUDENT, TASK, base_config, train_sorting_teacher
 
@@ -84,9 +84,9 @@ def run(ctx: Context) -> list[Claim]:
     diversity = better("Reverse KL gives lower-diversity samples", per["reverse_kl"]["distinct"], per["forward_kl"]["distinct"],
                        a_name="reverse_kl", b_name="forward_kl", higher=False,
                        metric=f"distinct completions per prompt ({where})")
-    both = Claim("Reverse-KL distillation (MiniLLM) gives higher-precision, lower-diversity samples than forward-KL KD",
+    both = combined("Reverse-KL distillation (MiniLLM) gives higher-precision, lower-diversity samples than forward-KL KD",
                  f"both: [{precision.rule} (precision)] AND [{diversity.rule} (distinct completions per prompt)]",
-                 precision.held and diversity.held,
+                 [precision, diversity],
                  {"precision": precision.figures, "distinct": diversity.figures,
                   "precision held": precision.held, "distinct held": diversity.held})
     entropy = better("Reverse-KL distillation gives a lower-entropy student on its own samples",

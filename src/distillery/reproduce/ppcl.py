@@ -41,7 +41,7 @@ from ..models import build_model
 from ..models.surgery import count_parameters
 from ..objectives import CrossEntropy
 from ..recipes import ppcl as P
-from . import Claim, Context, Reproduction, better, mean_std, register
+from . import Claim, Context, Reproduction, better, mean_std, register, threshold_on_mean
 from ._common import ONE_CHECKPOINT, Settings, train_section, train_teacher
 
 MODEL = {"name": "residual_mlp", "params": {"width": 64, "depth": 12, "mlp_ratio": 2.0}}
@@ -100,7 +100,8 @@ def run(ctx: Context) -> list[Claim]:
               drop < 0.03,
               {"teacher": teacher_acc, "ppcl": ppcl, "relative_drop": drop, "removed_blocks": removed,
                "parameters": params, "parameter_reduction": 1 - params["student"] / params["teacher"],
-               "pruned_no_recovery": no_recovery}),
+               "pruned_no_recovery": no_recovery},
+              detectable=threshold_on_mean(acc["ppcl"], 0.97 * teacher_acc, what="mean accuracy against 0.97 x the teacher's (one teacher run)")),
         better("PPCL recovery beats fine-tuning without distillation", acc["ppcl"], acc["finetune"],
                a_name="ppcl", b_name="finetune", metric="test accuracy"),
     ]

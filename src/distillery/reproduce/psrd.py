@@ -53,7 +53,7 @@ import torch
 from ..recipes import psrd
 from ..sequence.tasks.captions import CaptionTask, hallucination_rate
 from ..sequence.guided import likelihood_scorer
-from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from . import Claim, Context, Reproduction, better, mean_std, not_worse, register, threshold_on_mean
 from ._common import Settings
 
 SETTINGS = Settings(quick={"base_steps": 600, "collect_scenes": 1000, "eval_scenes": 300, "head_steps": 400},
@@ -127,15 +127,20 @@ def run(ctx: Context) -> list[Claim]:
                b_name="plain", higher=False, metric="hallucination rate (hallucinated clauses / clauses)"),
         Claim("PSRD halves the hallucination rate (the paper: -50.0% on LLaVA-1.5-7B)",
               f"1 - mean(psrd) / mean(plain) >= {REDUCTION:g} (hallucination rate, mean over seeds)",
-              reduction >= REDUCTION, {"relative_reduction": reduction}),
+              reduction >= REDUCTION, {"relative_reduction": reduction},
+              detectable=threshold_on_mean(rates["psrd"], (1.0 - REDUCTION) * plain,
+                                           what="psrd's mean rate against (1 - reduction) x plain's mean (plain's spread not counted)")),
         Claim("The lightweight reward model reproduces the model's phase-wise self-evaluation",
               f"mean agreement of sign(head logit) with the self-evaluation label 1[PMI > 0], on the phases of "
               f"{HELD_OUT_SCENES} held-out scenes' sampled captions, >= {AGREEMENT:g}",
-              mean_std(agreement)["mean"] >= AGREEMENT, {"agreement": mean_std(agreement)}),
+              mean_std(agreement)["mean"] >= AGREEMENT, {"agreement": mean_std(agreement)},
+              detectable=threshold_on_mean(agreement, AGREEMENT, what="mean agreement")),
         Claim("Distillation keeps the self-evaluation's guidance and removes its cost",
               f"mean hallucination rate of psrd at most {TOLERANCE:g} above self_eval's, and psrd's LM decoding steps "
               f"per caption at most {COST_RATIO:g} times self_eval's",
-              fidelity.held and cost <= COST_RATIO, {**fidelity.figures, "cost_ratio": cost}),
+              fidelity.held and cost <= COST_RATIO, {**fidelity.figures, "cost_ratio": cost},
+              detectable={"note": "the rate part as not_worse; the cost part is a count of decoding steps",
+                          "parts": [fidelity.detectable]}),
     ]
     for claim in claims:
         claim.figures.update({f"{a} hallucination rate": mean_std(v) for a, v in rates.items()})

@@ -60,7 +60,7 @@ from ..objectives import CrossEntropy
 from ..recipes.recursive_meta_distillation import anchored_loop, projected_fixed_point
 from ..teachers import PrecomputedTeacher
 from ..theory import anchoring as A
-from . import Claim, Context, Reproduction, better, register
+from . import Claim, Context, Reproduction, better, exact, register
 from ._common import Settings
 
 STRENGTHS = (0.1, 0.3, 0.7)
@@ -123,15 +123,15 @@ def _exact_part(seeds: list[int]) -> list[Claim]:
                    metric="KL(p || q_30), mean of 200 noisy chains")
     drift.figures["unanchored_KL_t1"] = free_first
     return [
-        Claim("Arithmetic anchoring contracts KL to the base teacher geometrically: KL(p||q_t) <= (1-lam)^t KL(p||q_0)",
+        exact("Arithmetic anchoring contracts KL to the base teacher geometrically: KL(p||q_t) <= (1-lam)^t KL(p||q_0)",
               "max_t [KL(p||q_t) - (1-lam)^t KL(p||q_0)] <= 1e-8 and max |q_t - (p + (1-lam)^t (q_0 - p))| <= 1e-8, "
               "over 64 pairs x lam in {0.1,0.3,0.7} x t <= 30, all seeds",
               arith_violation <= 1e-8 and arith_closed <= 1e-8,
               {"max_bound_excess": arith_violation, "max_closed_form_error": arith_closed}),
-        Claim("Geometric anchoring shrinks the centred log-ratio to the base teacher by exactly (1-lam)^t",
+        exact("Geometric anchoring shrinks the centred log-ratio to the base teacher by exactly (1-lam)^t",
               "max |clr(q_t) - clr(p) - (1-lam)^t (clr(q_0) - clr(p))| <= 1e-8 over the same range",
               geo_err <= 1e-8, {"max_abs_error": geo_err}),
-        Claim("The base teacher is the unique, globally attractive fixed point",
+        exact("The base teacher is the unique, globally attractive fixed point",
               "after 300 generations max |q - p| <= 1e-8 for both modes, every lam and start",
               fixed_err <= 1e-8, {"max_abs_error": fixed_err}),
         drift,
@@ -202,7 +202,7 @@ def _learned_part(ctx: Context) -> list[Claim]:
                   metric="KL(p || q_T) on the training inputs")
     last.figures["test_accuracy"] = acc
     return [
-        Claim("Capacity-limited: arithmetic-anchored generations contract geometrically to the projected fixed point "
+        exact("Capacity-limited: arithmetic-anchored generations contract geometrically to the projected fixed point "
               "Pi_{mu/lam}(p), from two different starts",
               f"KL(q*||q_t) <= (1-lam)^t KL(q*||q_0) + 1e-8 for every t <= {T}, starts Pi(labels) and Pi(p), every seed",
               arith_ok, {"max_bound_excess": arith_excess, "max_ratio_to_bound_t>=1": arith_ratio,

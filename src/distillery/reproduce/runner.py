@@ -228,11 +228,19 @@ def format_figures(figures: dict[str, Any]) -> str:
 
 def format_detectable(claim: dict[str, Any]) -> str:
     """The minimum detectable difference of a claim's rule, in words (older claims.json: "n/a")."""
-    d = claim.get("minimum_detectable_difference")
+    return _detectable_words(claim.get("minimum_detectable_difference"))
+
+
+def _detectable_words(d: dict[str, Any] | None) -> str:
     if not d:
         return "n/a"
     if d.get("at_80_percent") is not None:
         return f"{d['threshold']:.3g} (observed difference needed), {d['at_80_percent']:.3g} (true difference found 80% of the time), seeds {d['seeds']}"
+    if d.get("at_80_percent_beyond_threshold") is not None:
+        return (f"mean must pass {d['threshold']:.4g}; s.e. of the mean {d['standard_error']:.3g}, a true mean "
+                f"{d['at_80_percent_beyond_threshold']:.3g} beyond it passes 80% of the time, seeds {d['seeds']}")
+    if d.get("parts"):
+        return "every part: " + "; ".join(_detectable_words(p) for p in d["parts"])
     return str(d.get("note", "n/a"))
 
 

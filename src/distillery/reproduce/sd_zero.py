@@ -50,7 +50,7 @@ from ..recipes.sd_zero import (
     self_localisation,
     train_base,
 )
-from . import Claim, Context, Reproduction, better, mean_std, register
+from . import Claim, Context, Reproduction, better, mean_std, register, threshold_on_mean
 from ._common import Settings
 
 DIGITS = 2
@@ -125,7 +125,8 @@ def run(ctx: Context) -> list[Claim]:
                         "mean accuracy of sd_zero over >= 3 seeds >= min(1.1 x the base's accuracy, 0.99)",
                         sd["mean"] >= target and sd["n"] >= 3,
                         {"sd_zero": sd, "base_accuracy": base_acc, "target": target,
-                         "relative_gain": sd["mean"] / base_acc - 1.0 if base_acc else float("inf")}))
+                         "relative_gain": sd["mean"] / base_acc - 1.0 if base_acc else float("inf")},
+                        detectable=threshold_on_mean(acc["sd_zero"], target, what="mean accuracy against 1.1 x the base's")))
     margins = [x["share"] - x["chance"] for x in loc]
     held = len(loc) >= 3 and all(m > 0 for m in margins) and mean_std(margins)["mean"] >= LOCALISATION_MARGIN
     claims.append(Claim(
@@ -133,7 +134,8 @@ def run(ctx: Context) -> list[Claim]:
         f"every seed's share of wrong responses whose argmax-gap token is the first wrong token exceeds the chance level "
         f"mean(1/L), and the mean over >= 3 seeds of (share - chance) >= {LOCALISATION_MARGIN:g}",
         held, {"share": mean_std([x["share"] for x in loc]), "chance": mean_std([x["chance"] for x in loc]),
-               "share_minus_chance": mean_std(margins), "per_seed": loc, "base_model": base_loc}))
+               "share_minus_chance": mean_std(margins), "per_seed": loc, "base_model": base_loc},
+        detectable=threshold_on_mean(margins, LOCALISATION_MARGIN, what="mean of (share - chance); every seed must also be > 0")))
     return claims
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..recipes.self_e import flow_matching_config, self_e_config
-from . import Claim, Context, Reproduction, better, mean_std, register
+from . import Claim, Context, Reproduction, better, combined, mean_std, register
 from ._common import Run, Settings, compose, run_grid
 
 STEP_COUNTS = [1, 2, 4, 8, 50]
@@ -85,11 +85,11 @@ def run(ctx: Context) -> list[Claim]:
     per_k = {k: better(f"self-evaluation improves {k}-step quality", metric("self_e", k), metric("flow_matching", k),
                        a_name="self_e", b_name="flow_matching", higher=False, metric=f"sliced W at {k} steps")
              for k in FEW}
-    few = Claim(
+    few = combined(
         "Self-E gives better 1-4 step generation than flow matching trained for the same steps",
         "at each of 1, 2 and 4 Euler steps, the mean sliced W of self_e is lower than flow_matching's by more than "
         "the standard error of the difference (over >= 2 seeds each); all three must hold",
-        all(c.held for c in per_k.values()),
+        list(per_k.values()),
         {f"{k} steps": {"held": c.held, "self_e SW": c.figures["self_e"]["mean"], "flow_matching SW": c.figures["flow_matching"]["mean"],
                         "difference": c.figures["difference"], "standard_error": c.figures["standard_error"]}
          for k, c in per_k.items()},
@@ -105,6 +105,7 @@ def run(ctx: Context) -> list[Claim]:
          "ratios to previous": dict(zip(map(str, STEP_COUNTS[1:]), ratios)),
          "flow_matching mean sliced W by steps (context)": {
              str(k): table["flow_matching"][f"sliced_wasserstein @{k}"]["mean"] for k in STEP_COUNTS}},
+        detectable={"note": "ratios of means between step counts against a tolerance (no test against the spread)"},
     )
     few.figures["high-quality fraction by steps"] = {
         arm: {str(k): round(table[arm][f"high_quality @{k}"]["mean"], 4) for k in STEP_COUNTS} for arm in arms}

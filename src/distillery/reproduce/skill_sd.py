@@ -91,7 +91,8 @@ def run(ctx: Context) -> list[Claim]:
                f"collapse = final success below the base's ({start:.3f}) by more than {COLLAPSE_DROP:g}, or a non-finite "
                "loss; skill_sd collapses in fewer seeds than skill_sd_no_iw, over >= 4 seeds per arm",
                n_iw < n_no and len(ctx.seeds) >= 4,
-               {"skill_sd collapses": n_iw, "skill_sd_no_iw collapses": n_no, "seeds": len(ctx.seeds)})
+               {"skill_sd collapses": n_iw, "skill_sd_no_iw collapses": n_no, "seeds": len(ctx.seeds)},
+               detectable={"note": f"counts of collapsed seeds out of {len(ctx.seeds)}: a difference of one seed decides"})
     for claim in (c1, c2):
         claim.figures.update(figures)
     return [c1, c2]

@@ -51,7 +51,7 @@ from typing import Any
 from ..generative.restoration import digit_sr_pairs, run_samples, sr_grid_png, sr_scores
 from ..recipes.imdn import imdn_net
 from ..recipes.tad_sr import sr_teacher_config, tad_sr_config
-from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from . import Claim, Context, Reproduction, better, mean_std, not_worse, register, threshold_on_mean
 from ._common import Settings, compose
 
 DATA = {"dataset": "digit_images", "params": {"size": 8}}
@@ -129,7 +129,10 @@ def run(ctx: Context) -> list[Claim]:
               f"mean FD of tad <= {TEACHER_FD_FACTOR:g} x the teacher's 25-step FD, and mean PSNR of tad >= the "
               f"teacher's 25-step PSNR - {PSNR_TOLERANCE:g} dB", matches,
               {"tad FD mean": tad_fd, "teacher FD (25 steps)": t_scores["fd"], "tad PSNR mean": tad_psnr,
-               "teacher PSNR (25 steps)": t_scores["psnr"]}),
+               "teacher PSNR (25 steps)": t_scores["psnr"]},
+              detectable={"note": "both parts: thresholds on means against one teacher run",
+                          "parts": [threshold_on_mean(m["tad"]["fd"], TEACHER_FD_FACTOR * t_scores["fd"], what="mean FD"),
+                                    threshold_on_mean(m["tad"]["psnr"], t_scores["psnr"] - PSNR_TOLERANCE, what="mean PSNR")]}),
     ]
     for claim in claims:
         for arm in ARMS:

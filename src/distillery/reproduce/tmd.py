@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import Claim, Context, Reproduction, better, mean_std, not_worse, register
+from . import Claim, Context, Reproduction, better, exact, mean_std, not_worse, register
 from ._common import Settings, compose
 
 SETTINGS = Settings(
@@ -86,7 +86,7 @@ def run(ctx: Context) -> list[Claim]:
             "relative_gap": gap, **measured, "tmd": f"{OUTER} outer x (trunk {list(TRUNK)} + {INNER} x head {list(HEAD)})",
             "dmd": f"{OUTER} steps x mlp2d [{width}]*3"}
     claims = [
-        Claim("TMD and the 2-step DMD baseline cost the same per sample (linear-layer multiply-adds within 10%)",
+        exact("TMD and the 2-step DMD baseline cost the same per sample (linear-layer multiply-adds within 10%)",
               "|macs_tmd - macs_dmd| / macs_tmd < 0.10, both measured with forward hooks on the networks", gap < 0.10, {}),
         better("TMD's samples are closer to the data (sliced Wasserstein) than 2-step DMD's at equal cost",
                results["tmd"]["sw"], results["dmd"]["sw"], a_name="TMD", b_name="DMD", higher=False,

@@ -45,7 +45,7 @@ from ..models import build_model
 from ..recipes._fragments import frozen_teacher
 from ..recipes.v_reflection import v_reflection_config
 from ..taps.training_only import export_student, inference_cost
-from . import Claim, Context, Reproduction, better, mean_std, register
+from . import Claim, Context, Reproduction, better, exact, mean_std, register
 from ._common import Settings, compose, load_student, run_grid, train_teacher
 from ._dual import fast_train
 
@@ -98,7 +98,7 @@ def run(ctx: Context) -> list[Claim]:
         better("Distilling box-guided latents into a probe from the hidden state improves answer accuracy",
                acc["v_reflection"], acc["baseline"], a_name="v_reflection", b_name="baseline",
                metric="test accuracy on 'which digit is in cell k' (1,000 test grids)"),
-        Claim("The probe and the box-guided teacher cost nothing at inference",
+        exact("The probe and the box-guided teacher cost nothing at inference",
               "for every seed: the exported student (training-only modules removed) loads strictly into the probe-less "
               "architecture, has exactly the baseline's parameter and FLOP counts (batch 1), and predicts the test set "
               "exactly as the trained student does",

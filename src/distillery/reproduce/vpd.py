@@ -40,7 +40,7 @@ import math
 import statistics
 
 from ..recipes.vpd import answer_only_config, evaluate_lengths, vpd_config
-from . import Claim, Context, Reproduction, better, mean_std, register
+from . import Claim, Context, Reproduction, better, detectable_difference, mean_std, register
 from ._common import Settings
 
 STUDENT = {"kind": "tiny_gpt", "params": {"dim": 64, "depth": 2, "heads": 4, "max_len": 40}}
@@ -82,7 +82,8 @@ def run(ctx: Context) -> list[Claim]:
                f"mean over seeds of Gap({longest}) - Gap({shortest}) (Gap = vpd accuracy - answer_only accuracy, paired by "
                f"seed) > 0 and > its standard error, and mean Gap({longest}) > 0, >= 3 seeds",
                g["mean"] > 0 and g["mean"] > se and mean_gap4 > 0 and len(ctx.seeds) >= 3,
-               {"gap growth": g, "standard_error": se, f"mean gap {longest}": mean_gap4})
+               {"gap growth": g, "standard_error": se, f"mean gap {longest}": mean_gap4},
+               detectable=detectable_difference(se, se, (g["n"], g["n"])))
     for claim in (c1, c2):
         claim.figures.update(figures)
     return [c1, c2]
