@@ -217,7 +217,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         width = max((len(n) for n in REPRODUCTIONS.names()), default=0)
         for name in REPRODUCTIONS.names():
             rep = REPRODUCTIONS.get(name)
-            print(f"{name:<{width}}  [{rep.family}] {rep.summary} ({rep.paper})")
+            diagnosis = "; has --diagnose" if rep.diagnose is not None else ""
+            print(f"{name:<{width}}  [{rep.family}] {rep.summary} ({rep.paper}{diagnosis})")
         return 0
     if args.all == bool(args.name):
         raise ConfigError("Give a reproduction NAME, or --all, or --list (see 'distillery reproduce --list').")
