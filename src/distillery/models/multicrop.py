@@ -47,16 +47,31 @@ class DINOHead(nn.Module):
     bottleneck)``; then ``z / ||z||``; then ``last``: a linear map to ``out_dim`` whose weight
     rows are normalised to unit length in the forward pass (DINO's weight-normalised last layer
     with its norm fixed to 1). ``[N, D] -> [N, out_dim]``.
+
+    ``norm="batch"``: DINO's ``use_bn_in_head`` option, a batch normalisation after each hidden
+    linear layer (``Linear - BN - GELU``); here always with the statistics of the batch at hand
+    (``track_running_stats=False``), in training and in eval mode alike, as DINO's teacher,
+    which runs in training mode, uses them. It removes what all samples of a batch share, which
+    in a small CNN with ReLU features and mean pooling is nearly everything: without it the
+    head's outputs of different images have a cosine of about 0.999 at initialisation and the
+    centred, sharpened targets carry no information about the sample. Needs batches of >= 2.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, bottleneck: int = 32) -> None:
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, bottleneck: int = 32, norm: str = "none") -> None:
         super().__init__()
         for name, v in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden", hidden), ("bottleneck", bottleneck)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"DINOHead: {name} must be a positive int, got {v!r}.")
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, bottleneck)
-        )
+        if norm not in ("none", "batch"):
+            raise ConfigError(f"DINOHead: norm must be 'none' or 'batch', got {norm!r}.")
+
+        def bn() -> nn.Module:
+            return nn.BatchNorm1d(hidden, track_running_stats=False) if norm == "batch" else nn.Identity()
+
+        layers = [nn.Linear(in_dim, hidden), bn(), nn.GELU(), nn.Linear(hidden, hidden), bn(), nn.GELU(),
+                  nn.Linear(hidden, bottleneck)]
+        # norm="none" keeps the original layer indices (mlp.0, mlp.2, mlp.4) of saved weights
+        self.mlp = nn.Sequential(*[m for m in layers if not isinstance(m, nn.Identity)])
         self.last = nn.Linear(bottleneck, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,6 +181,7 @@ def multicrop_convnet(
     out_dim: int = 64,
     head_hidden: int = 128,
     bottleneck: int = 32,
+    head_norm: str = "none",
 ) -> MultiCropNet:
     """CNN -> patch tokens -> mean or MIL-attention pooling -> DINO head, for multi-crop inputs.
 
@@ -174,7 +190,8 @@ def multicrop_convnet(
     ``pool="mil"``), ``head.mlp``, ``head.last``. ``out_dim`` is the number of DINO prototypes
     ``K`` (unrelated to the number of classes). ``strides`` default to 1 for the first block and
     2 after; ``norm``: group (default; BatchNorm statistics differ between crop sizes and
-    between the EMA teacher and the student), batch or none.
+    between the EMA teacher and the student), batch or none. ``head_norm``: ``"batch"`` puts
+    batch normalisation into the head's MLP (DINO's ``use_bn_in_head``, see :class:`DINOHead`).
     """
     shape = _shape(input_shape, "multicrop_convnet")
     if len(shape) not in (1, 2, 3):
@@ -189,5 +206,5 @@ def multicrop_convnet(
     dims = 2 if len(shape) == 3 else 1
     cin = shape[0] if len(shape) >= 2 else 1
     backbone = ConvTokens(dims, cin, chans, _strides(strides, len(chans), "multicrop_convnet"), kernel_size, norm, activation)
-    head = DINOHead(backbone.out_dim, out_dim, head_hidden, bottleneck)
+    head = DINOHead(backbone.out_dim, out_dim, head_hidden, bottleneck, norm=head_norm)
     return MultiCropNet(backbone, backbone.out_dim, pool, head, attention_hidden=attention_hidden)
