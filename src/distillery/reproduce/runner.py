@@ -183,19 +183,19 @@ def write_diagnosis_docs(out: Path, docs_dir: Path, claims: Path | None = None) 
     result = json.loads((out / "diagnosis.json").read_text())
     name = result["name"]
     store = docs_dir / "results.json"
-    claims = None
+    rows = None
     if claims is not None:
-        claims = json.loads(Path(claims).read_text())["claims"]
+        rows = json.loads(Path(claims).read_text())["claims"]
     elif (out / "claims.json").is_file():
-        claims = json.loads((out / "claims.json").read_text())["claims"]
+        rows = json.loads((out / "claims.json").read_text())["claims"]
     elif store.is_file():
-        claims = (json.loads(store.read_text()).get(name) or {}).get("claims")
+        rows = (json.loads(store.read_text()).get(name) or {}).get("claims")
     image = docs_dir / "methods" / "img" / f"{name}_scale.png"
     image.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "scale.png", image)
     page = docs_dir / "methods" / f"{name}.md"
     text = page.read_text() if page.is_file() else f"# {result['method']}\n\n{result['paper']}\n\n"
-    block = markdown(result, claims, f"img/{name}_scale.png")
+    block = markdown(result, rows, f"img/{name}_scale.png")
     text = replace_block(text, DIAGNOSIS_BEGIN, DIAGNOSIS_END, block, heading="## Diagnosis\n\n")
     atomic_write_text(page, text)
     return [page, image]
