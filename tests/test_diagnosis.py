@@ -87,6 +87,11 @@ def test_diagnose_one_writes_json_plot_and_page(tmp_path, monkeypatch):
     assert "prose stays" in page and "## Diagnosis" in page and (docs / "methods" / "img" / "toy_scale.png").is_file()
     runner.write_diagnosis_docs(tmp_path / "out", docs)  # a second write replaces the block
     assert (docs / "methods" / "toy.md").read_text().count("diagnosis:begin") == 1
+    claims = tmp_path / "claims.json"  # the power table reads the claims file it is given
+    claims.write_text(json.dumps({"claims": [{"claim": "KD helps", "held": True, "minimum_detectable_difference":
+                                              {"threshold": 0.02, "at_80_percent": 0.031, "seeds": [5, 5]}}]}))
+    runner.write_diagnosis_docs(tmp_path / "out", docs, claims=claims)
+    assert "| 1. KD helps | held | 0.02 | 0.031 (seeds [5, 5]) |" in (docs / "methods" / "toy.md").read_text()
 
 
 def test_diagnose_refuses_one_seed_and_methods_without_diagnosis(tmp_path, monkeypatch):
