@@ -139,3 +139,98 @@ def test_ood_digit_domains():
         corrupt_digits(base.test.x, "blur", np.random.default_rng(0), 0.0, 1.0)
     with pytest.raises(ConfigError, match="domains"):
         load_dataset("ood_digits", train_domains=["sepia"])
+
+
+# -- issue 15: a mechanism test with a known answer, and the reproduction's stages on a tiny size -------------
+def test_adip_transfers_a_robust_teachers_predictions_where_its_distillation_data_cover_the_shift():
+    """A black-box VLM that ignores a nuisance direction ``u`` (it classifies with ``u`` projected
+    out) and a student pre-trained on clean points, whose classes are also spread along ``u``, so it
+    relies on ``u``. Shifted points move by 6 along ``u`` (two class spacings). With distillation data
+    that cover the shift (clean + shifted, as DomainBed's several source domains), Align then Distill
+    must carry the teacher's answers to fresh shifted points; the pre-trained student fails on them."""
+    import torch.nn.functional as F
+
+    classes, dim, embed = 3, 8, 6
+    g = torch.Generator().manual_seed(0)
+    u = F.normalize(torch.randn(dim, generator=g), dim=0)
+    perp = torch.eye(dim) - torch.outer(u, u)
+    mu = torch.randn(classes, dim, generator=g) @ perp + torch.tensor([-3.0, 0.0, 3.0])[:, None] * u
+    bank = torch.randn(classes, embed, generator=g)             # the teacher's text embeddings of the class prompts
+
+    def draw(n, shift, seed):
+        gg = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, classes, (n,), generator=gg)
+        x = mu[y] + 0.5 * torch.randn(n, dim, generator=gg) + shift * 6.0 * u
+        return torch.cat([x, torch.eye(classes)[y]], 1), y
+
+    @torch.no_grad()
+    def api(rows):                                              # outputs only, as a vendor's API
+        x, caption = rows[:, :dim], rows[:, dim:]
+        d = ((x @ perp)[:, None, :] - (mu @ perp)[None]).pow(2).sum(-1)
+        return {"image": bank[d.argmin(1)], "text": caption @ bank}
+
+    def fit(params, data, loss_fn, steps=120):
+        torch.manual_seed(0)
+        opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=0.01)
+        for _ in range(steps):
+            idx = torch.randint(0, len(data[0]), (64,))
+            loss = loss_fn(data[0][idx], data[1][idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    torch.manual_seed(1)
+    pre = build_model("zero_shot_student", (dim + classes,), classes, image_dim=dim, hidden=[32], embed_dim=None, head="linear")
+    fit(pre.parameters(), draw(400, 0, 1), lambda x, y: F.cross_entropy(pre(x)["logits"], y))
+    x_test, y_test = draw(400, 1, 2)
+
+    def acc(model):
+        with torch.no_grad():
+            return float((model(x_test)["logits"].argmax(1) == y_test).float().mean())
+
+    clean, shifted = draw(300, 0, 3), draw(300, 1, 4)
+    data = (torch.cat([clean[0], shifted[0]]), torch.cat([clean[1], shifted[1]]))
+    student = align_student(pre, embed, num_prototypes=classes)
+    set_text_head(student, bank)
+    backbone = {k: v.clone() for k, v in student.backbone.state_dict().items()}
+    d = adip_distiller(student, BlackBoxTeacher(api))
+    fit(d.trainable_parameters(), data, lambda x, y: d.step({"x": x, "y": y})["loss"])
+    assert all(torch.equal(v, student.backbone.state_dict()[k]) for k, v in backbone.items())   # Align: features kept
+    distill_student(student)
+    d = adip_distiller(student, BlackBoxTeacher(api))
+    fit(d.trainable_parameters(), data, lambda x, y: d.step({"x": x, "y": y})["loss"])
+    assert acc(pre) < 0.7          # the pre-trained student relies on u
+    assert acc(student) > 0.95     # the teacher is exact on the shifted points; ADiP's student follows it
+
+
+def test_train_arms_freezes_what_each_stage_should_and_predicts_with_the_teachers_text_head(tmp_path):
+    """The reproduction's own stages (run configs through the engine), one epoch each: Align leaves
+    the pre-trained backbone as it was, Distill leaves the aligned projector, both predict with the
+    teacher's text embeddings of the exact prompts; every arm is scored on every domain."""
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from distillery.engine.checkpoint import load_weights
+    from distillery.reproduce import Context
+    from distillery.reproduce import vl2v_adip as rep
+    from distillery.reproduce._common import load_student
+
+    ctx = Context(seeds=[0], quick=True, out=tmp_path, log=lambda _: None)
+    s = {"teacher_epochs": 1, "pretrain_epochs": 1, "align_epochs": 1, "distill_epochs": 1}
+    tests = rep._tests()
+    teacher_w, teacher_scores = rep.train_vlm(ctx, s, tests)
+    out = rep.train_arms(ctx, 0, teacher_w, s, tests)
+    assert set(out) == set(rep.ARMS) and all(set(v) == {"clean", "rotate", "noise", "ood"} for v in out.values())
+    assert all(v["ood"] == v["rotate"] for v in out.values()) and teacher_scores["ood"] == teacher_scores["rotate"]
+    w = {k: load_file(tmp_path / k / "seed0" / "student.safetensors") for k in ("pretrained", "adip_align", "adip")}
+    backbone = [k for k in w["pretrained"] if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(w["pretrained"][k], w["adip_align"][k]) for k in backbone)
+    assert not all(torch.equal(w["adip_align"][k], w["adip"][k]) for k in backbone)
+    assert torch.equal(w["adip_align"]["proj.weight"], w["adip"]["proj.weight"])
+    teacher = build_model("zero_shot_dual_encoder", (WIDTH,), 10, **rep.TEACHER)
+    load_weights(teacher, teacher_w)
+    with torch.no_grad():
+        bank = F.normalize(teacher.text_bank(), dim=-1)
+    assert torch.allclose(w["adip"]["head.prototypes"], bank, atol=1e-6)
+    student = load_student(tmp_path / "adip/seed0", {"name": "zero_shot_student", "params": rep.ADIP}, (WIDTH,), 10)
+    assert torch.allclose(student.head.prototypes, bank, atol=1e-6)

@@ -30,9 +30,9 @@ Mechanism (as in the authors' released code, ``DFC_STAGE1`` / ``DFC_STAGE2``), f
 
 Naive distillation, the baseline (:func:`naive_kd_terms`): the pre-trained student with its
 own linear head, fine-tuned end to end with cross-entropy + KD on the teacher's zero-shot
-logits. The miniature (``distillery reproduce vl2v_adip``) distills a rotation- and
-noise-robust digits dual encoder into an MLP pre-trained on clean digits and measures OOD
-accuracy on rotated and noisy test digits. Config (the Distill stage):
+logits. The miniature (``distillery reproduce vl2v_adip``) distills a rotation-robust
+digits dual encoder into an MLP pre-trained on clean digits and measures OOD accuracy on
+rotated test digits. Config (the Distill stage):
 ``configs/vl2v_adip_digits.yaml``.
 """
 
