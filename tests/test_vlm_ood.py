@@ -103,3 +103,116 @@ def test_feature_and_alignment_terms_match_their_formulas():
     assert float(out["feature"]) == pytest.approx(feature, rel=1e-5)
     assert float(out["align"]) == pytest.approx(align / 5, rel=1e-4)
     assert [t.name for t in vlm_ood_terms(align_weight=0.0)] == ["feature"]   # plain feature KD
+
+
+# -- issue 15: mechanism tests of the alignment term (what it transfers, and when it is a label) -----------
+class _FixedTeacher(torch.nn.Module):
+    """A "VLM" whose image embedding is the input itself and whose text bank is fixed: its
+    similarity distribution over the bank is known in closed form."""
+
+    def __init__(self, bank: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.register_buffer("bank", bank)
+        self.scale = scale
+        self.anchor = torch.nn.Parameter(torch.zeros(1))       # a parameter, to check that it never moves
+
+    def text_bank(self) -> torch.Tensor:
+        return self.bank
+
+    def forward(self, x):
+        image = x + 0.0 * self.anchor
+        return {"image": image, "logits": zero_shot_logits(image, self.bank, self.scale)}
+
+
+def _fit(terms, teacher, x, y, steps=150, seed=0):
+    torch.manual_seed(seed)
+    student = build_model("zero_shot_student", (2,), 3, image_dim=None, hidden=[32], embed_dim=2, num_prototypes=3)
+    d = Distiller(student, FrozenTeacher(teacher), terms)
+    batch = {"x": x, "y": y}
+    d.prepare(batch)
+    opt = torch.optim.Adam(d.trainable_parameters(), lr=0.05)
+    for _ in range(steps):
+        d.step(batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        return student, student(x)["logits"].softmax(1), teacher(x)["logits"].softmax(1)
+
+
+def _sector_data(n=128, seed=0):
+    """Inputs on the unit circle, three unit prototypes 120 degrees apart; the label is the
+    nearest prototype (all the labels hold), the teacher's soft similarity also says how far
+    the input is from the other two (what the labels do not hold)."""
+    g = torch.Generator().manual_seed(seed)
+    angle = torch.rand(n, generator=g) * 2 * math.pi
+    x = torch.stack([angle.cos(), angle.sin()], 1)
+    k = torch.arange(3) * 2 * math.pi / 3
+    bank = torch.stack([k.cos(), k.sin()], 1)
+    return x, (x @ bank.T).argmax(1), bank
+
+
+def test_alignment_transfers_a_soft_teacher_that_labels_do_not_hold():
+    from distillery.engine.distiller import Term
+    from distillery.objectives import CrossEntropy
+    from distillery.recipes.vlm_ood import alignment_terms
+
+    x, y, bank = _sector_data()
+    teacher = _FixedTeacher(bank, scale=2.0)            # soft: p(label) well below 1
+    _, p_align, p_t = _fit(alignment_terms(), teacher, x, y)
+    _, p_cls, _ = _fit([Term("cls", CrossEntropy())], teacher, x, y)
+    assert float(p_t.max(1).values.mean()) < 0.8, float(p_t.max(1).values.mean())
+    tv_align = float((p_align - p_t).abs().sum(1).mean() / 2)
+    tv_cls = float((p_cls - p_t).abs().sum(1).mean() / 2)
+    # the alignment student reproduces the teacher's whole similarity distribution; the label-trained one does not
+    assert tv_align < 0.02 and tv_cls > 0.1, (tv_align, tv_cls)
+
+
+def test_alignment_trains_only_the_student():
+    from distillery.recipes.vlm_ood import vlm_ood_terms
+
+    x, y, bank = _sector_data(64)
+    teacher = _FixedTeacher(bank, scale=3.0)
+    student, _, _ = _fit(vlm_ood_terms(), teacher, x, y, steps=5)
+    assert float(teacher.anchor.abs().sum()) == 0.0 and not teacher.anchor.requires_grad   # frozen, never stepped
+    assert torch.allclose(student.head.prototypes, torch.nn.functional.normalize(bank, dim=1))  # the bank stays fixed
+    assert all(not p.requires_grad for p in student.head.parameters())
+
+
+def test_alignment_to_a_confident_teacher_is_label_cross_entropy():
+    """KL(p_t || p_s) = CE(p_t, p_s) - H(p_t): with the miniature's teacher (cosine gap ~0.45 to
+    the label's prompt at logit scale 1/0.07, p(label) ~0.98) the alignment term is the label
+    cross-entropy up to a constant, and their gradients point the same way."""
+    from distillery.recipes.vlm_ood import alignment_terms
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (32,), generator=g)
+    cos_t = 0.45 * torch.nn.functional.one_hot(y, 5) + 0.05 * torch.randn(32, 5, generator=g)
+    teacher = cos_t / 0.07
+    student = (torch.randn(32, 5, generator=g) * 3).requires_grad_(True)
+    align = alignment_terms()[0].objective
+    kl = align(student, teacher)
+    ce = torch.nn.functional.cross_entropy(student, y)
+    p_t = teacher.softmax(1)
+    assert float(p_t.gather(1, y[:, None]).mean()) > 0.95
+    soft_ce = -(p_t * student.log_softmax(1)).sum(1).mean()
+    entropy = -(p_t * p_t.log()).sum(1).mean()
+    assert float(kl.detach()) == pytest.approx(float((soft_ce - entropy).detach()), rel=1e-5)
+    g_kl, = torch.autograd.grad(kl, student)
+    g_ce, = torch.autograd.grad(ce, student)
+    assert float(torch.nn.functional.cosine_similarity(g_kl.flatten(), g_ce.flatten(), dim=0)) > 0.95
+
+
+def test_the_arm_functions_run_at_a_tiny_size(tmp_path):
+    from distillery.reproduce import Context
+    from distillery.reproduce.vlm_ood import ARMS, distil_arms, teacher_stage
+
+    ctx = Context(seeds=[0], quick=True, out=tmp_path, log=lambda _: None)
+    stage = teacher_stage(ctx, 1)
+    assert 0.0 <= stage["entropy"] <= math.log(5) and set(stage["scores"]) == {
+        "zero_shot_unseen", "zero_shot_unseen_10way", "zero_shot_seen", "few_shot_unseen"}
+    scores = distil_arms(ctx, stage["trained"], stage["bank"], stage["full"], 1, ["cls_only", "feature_kd_cls_align"], tag="t/")
+    assert set(scores) == {"cls_only", "feature_kd_cls_align"}
+    assert all(len(v) == 1 and 0.0 <= v[0] <= 1.0 for v in scores["cls_only"].values())
+    assert [o.get("name") for o in ARMS["feature_kd_cls_align"]["objectives"]] == ["feature", "cls", "align"]
+    assert [o.get("name") for o in ARMS["cls_only"]["objectives"]] == ["cls"]
+

@@ -49,14 +49,23 @@ RECIPE = register_recipe(
 )
 
 
-def vlm_ood_config(feature_weight: float = 1.0, align_weight: float = 1.0, temperature: float = 1.0) -> dict[str, Any]:
+def vlm_ood_config(feature_weight: float = 1.0, align_weight: float = 1.0, temperature: float = 1.0,
+                   cls_weight: float = 0.0) -> dict[str, Any]:
     """Principle (1) as ``objectives``: ``feature``, ``1 - cos`` between the student's and the
     teacher's image embeddings, and ``align``, KL from the teacher's to the student's
     similarity distribution over the teacher's text bank (both models' ``logits`` are ``scale *
-    cos(image, text bank)``); ``align_weight=0`` drops the alignment term (plain feature KD)."""
-    objectives: list[dict[str, Any]] = [
-        {"name": "feature", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.image"},
-         "weight": feature_weight}]
+    cos(image, text bank)``); ``align_weight=0`` drops the alignment term (plain feature KD),
+    ``feature_weight=0`` the feature term.
+
+    ``cls_weight > 0`` adds ``cls``, cross-entropy of the student's ``logits`` (over the text
+    bank) with the label: the authors' ``L-cls``, on by default in their code
+    (``--clip-align-image-classification=1``), to which their ``L-vlalign`` is added."""
+    objectives: list[dict[str, Any]] = []
+    if feature_weight:
+        objectives.append({"name": "feature", "kind": "cosine", "inputs": {"student": "student.image", "teacher": "teacher.image"},
+                           "weight": feature_weight})
+    if cls_weight:
+        objectives.append({"name": "cls", "kind": "ce", "weight": cls_weight})
     if align_weight:
         objectives.append({"name": "align", "kind": "kd", "params": {"temperature": temperature},
                            "inputs": {"student": "student.logits", "teacher": "teacher.logits"}, "weight": align_weight})
@@ -71,7 +80,7 @@ def feature_terms(weight: float = 1.0) -> list[Term]:
 def alignment_terms(weight: float = 1.0, temperature: float = 1.0) -> list[Term]:
     """``align``: KL from the teacher's to the student's similarity distribution over the
     teacher's text bank (both models' ``logits`` are ``scale * cos(image, text bank)``)."""
-    return terms_from(vlm_ood_config(1.0, weight, temperature)["objectives"][1:])
+    return terms_from(vlm_ood_config(0.0, weight, temperature)["objectives"])
 
 
 def vlm_ood_terms(feature_weight: float = 1.0, align_weight: float = 1.0, temperature: float = 1.0) -> list[Term]:
