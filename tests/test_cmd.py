@@ -14,11 +14,15 @@ import torch.nn.functional as F
 from distillery.data.miniature.fine_grained import fine_grained_digits
 from distillery.data.multicrop import MultiCrop, crop_resize, sample_boxes
 from distillery.errors import ConfigError, ShapeError
+from distillery.evaluation.probes import (
+    extract_features,
+    label_recall_at_k,
+    linear_probe_accuracy,
+)
 from distillery.models.mil import MeanPool, MILAttentionPool, mil_attention
 from distillery.models.multicrop import DINOHead, multicrop_convnet
 from distillery.objectives import CrossLevelDINO, cross_level_dino_loss
 from distillery.objectives.cross_level import level_cross_entropy
-from distillery.evaluation.probes import extract_features, label_recall_at_k, linear_probe_accuracy
 from distillery.recipes.cmd import (
     cmd_distiller,
     cmd_student,
@@ -300,3 +304,91 @@ def test_shipped_dino_config_is_the_reproductions_teacher_temperature_0_02_setti
     for quiet in ("progress", "tensorboard"):  # the reproduction's runs are silent
         expected["train"].pop(quiet)
     assert shipped == expected
+
+
+# ------------------------------------------------------------------ issue 15: the collapse and its fix
+def _fine_grained_batch(n: int = 256) -> torch.Tensor:
+    return torch.as_tensor(fine_grained_digits(copies=1).train.x[:n])
+
+
+def test_batch_norm_head_makes_initial_dino_targets_informative():
+    """The cause of the first design's collapse, at initialisation: without normalisation in the
+    head, the small CNN's outputs are nearly the same for every image, so DINO's centred targets
+    (teacher temperature 0.04) carry almost no information about the sample; with DINO's
+    use_bn_in_head (head_norm="batch") they carry a lot. (Fails on the old code: no head_norm.)"""
+    from distillery.objectives import dino_target_statistics
+
+    x = _fine_grained_batch()
+    mi = {}
+    for norm in ("none", "batch"):
+        torch.manual_seed(0)
+        net = multicrop_convnet((1, 16, 16), channels=[16, 32], pool="mean", out_dim=64, head_norm=norm)
+        with torch.no_grad():
+            logits = net(x)["logits"]
+        mi[norm] = dino_target_statistics(logits, logits.mean(0), 0.04)["mutual_information"]
+    assert mi["none"] < 0.05 and mi["batch"] > 1.0, mi
+    # the batch-normalised head uses the batch's statistics in eval mode too (as DINO's teacher)
+    head = DINOHead(6, 5, hidden=7, bottleneck=3, norm="batch").eval()
+    z = randn(8, 6, dtype=torch.float32)
+    torch.testing.assert_close(head(z), head.train()(z))
+    with pytest.raises(ConfigError, match="norm"):
+        DINOHead(6, 5, norm="layer")
+
+
+
+def test_dino_training_with_batch_norm_head_leaves_ln_k():
+    """A short DINO run (the recipe's wiring: temperatures 0.1 / 0.04, centering, EMA teacher at
+    0.996) on fine-grained digits. With head_norm="batch" the intra-level loss leaves ln K and the
+    teacher's centred targets carry information about the image (mutual information > 1 nat);
+    without it they carry none (< 0.05 nats): what the student is taught is the same for every
+    image, the start of the first design's collapse (its full runs ended with the loss at ln K)."""
+    from distillery.objectives import dino_target_statistics
+
+    x = _fine_grained_batch(192)
+    loss, mi = {}, {}
+    for norm in ("none", "batch"):
+        torch.manual_seed(0)
+        student = multicrop_convnet((1, 16, 16), channels=[8, 16], pool="mean", out_dim=64, head_norm=norm)
+        d = cmd_distiller(student, view=multicrop_view(2, 2, 16, 8), inter_weight=None, out_dim=64)
+        y = torch.full((64,), -1)
+        d.prepare({"x": x[:64], "y": y})
+        opt = torch.optim.AdamW(student.parameters(), lr=3e-3, weight_decay=0.04)
+        for step in range(18):
+            i = (step % 3) * 64
+            out = d.step({"x": x[i:i + 64], "y": y})
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+            d.update()
+        loss[norm] = float(out["intra"])
+        with torch.no_grad():
+            logits = d.teacher.model(x)["logits"]
+        mi[norm] = dino_target_statistics(logits, d.objectives["intra"].center, 0.04)["mutual_information"]
+    assert loss["batch"] < math.log(64) - 0.1, loss
+    assert mi["none"] < 0.05 and mi["batch"] > 1.0, mi
+
+def test_run_and_diagnose_are_built_on_train_arms(tmp_path, monkeypatch):
+    """The reproduction's claims and its diagnosis (premise supervised vs dino, claim cmd vs dino,
+    epochs x1 x1.5 x2, the first 3 seeds) come from the one factored arm function; stubbed here."""
+    from distillery.reproduce import Context
+    from distillery.reproduce import cmd as rep
+    from distillery.reproduce.diagnosis import derive
+
+    calls = []
+
+    def fake(ctx, arms, copies, epochs):
+        calls.append((tuple(arms), copies, epochs, tuple(ctx.seeds)))
+        n = len(ctx.seeds)
+        base = {"supervised": 0.9, "dino": 0.4, "cmd": 0.45, "random_init": 0.5}
+        return {a: {"probe": [base[a] + 0.01 * i for i in range(n)], "r1": [base[a]] * n, "marker_attention": [0.09] * n,
+                    "final_intra_loss": [3.9] * n, "mutual_information": [2.0] * n} for a in arms}
+
+    monkeypatch.setattr(rep, "train_arms", fake)
+    ctx = Context(seeds=list(range(5)), quick=False, out=tmp_path)
+    claims = rep.run(ctx)
+    assert [c.held for c in claims] == [True, True, False] and claims[0].detectable["seeds"] == [5, 5]
+    d = rep.diagnose(ctx)
+    assert [c[2] for c in calls[1:]] == [10, 15, 20] and all(c[3] == (0, 1, 2) for c in calls[1:])
+    derived = derive(d)
+    assert derived["premise_held_at"] == ["10 epochs", "15 epochs", "20 epochs"]
+    assert derived["comparisons"][0]["per_size"][0]["difference"] == pytest.approx(0.05)

@@ -18,7 +18,8 @@ distillery:
   and region-level (local) crops of every sample, as one dict of stacks;
 * network: :class:`~distillery.models.multicrop.MultiCropNet` (``multicrop_convnet``): patch
   tokens -> **MIL attention pooling** (:class:`~distillery.models.mil.MILAttentionPool`,
-  Ilse et al. 2018) -> DINO head; it returns ``[V, B, K]`` outputs for all crops (``logits``)
+  Ilse et al. 2018) -> DINO head (with batch normalisation, ``head_norm="batch"``: DINO's
+  ``use_bn_in_head``, without which the miniature collapses); it returns ``[V, B, K]`` outputs for all crops (``logits``)
   and per level (``global``, ``local``);
 * teacher: :class:`~distillery.teachers.EMATeacher` (momentum 0.996 -> 1);
 * intra-level term (teacher -> student): ``dino`` between the teacher's image-level outputs and
@@ -60,9 +61,12 @@ RECIPE = register_recipe(
 
 
 def cmd_student(input_shape: Sequence[int], pool: str = "mil", channels: Sequence[int] = (16, 32),
-                out_dim: int = 64) -> MultiCropNet:
-    """The CNN -> (MIL attention | mean) pooling -> DINO head network (``multicrop_convnet``)."""
-    return multicrop_convnet(input_shape, channels=channels, pool=pool, out_dim=out_dim)
+                out_dim: int = 64, head_norm: str = "batch") -> MultiCropNet:
+    """The CNN -> (MIL attention | mean) pooling -> DINO head network (``multicrop_convnet``).
+
+    ``head_norm="batch"`` (DINO's ``use_bn_in_head``): without it a small CNN's outputs are
+    nearly the same for every image and DINO collapses to uniform targets (issue 15)."""
+    return multicrop_convnet(input_shape, channels=channels, pool=pool, out_dim=out_dim, head_norm=head_norm)
 
 
 def multicrop_view(n_global: int = 2, n_local: int = 4, global_size: int | Sequence[int] | None = None,
