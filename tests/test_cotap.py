@@ -151,3 +151,56 @@ def test_dispersion_ratio_by_hand():
     mean = torch.tensor([-0.25, 0.25])
     total = float(sum((f[i] - mean).pow(2).sum() for i in range(4)))
     assert dispersion_ratio(f, y, ignore=9) == pytest.approx(within / total)
+
+
+def _class_structured(g, b=8, n=16, classes=4, d=16, proto=None):
+    """Patches whose inputs only hint at their class (prototype + strong noise); the teacher's
+    features are the class one-hot, so its similarities say which patches share a class."""
+    y = torch.randint(0, classes, (b, n), generator=g)
+    return proto[y] + 1.5 * torch.randn(b, n, d, generator=g), y
+
+
+@pytest.mark.parametrize("prototypes", [0, 8])
+def test_cotap_alone_concentrates_features_of_a_class_structured_teacher(prototypes):
+    # mechanism: the teacher knows each patch's class, the student's inputs carry it only noisily;
+    # ranking the student's similarities like the teacher's (CoTAP alone, no feature term) must
+    # concentrate the student's features by class, with and without the object-aware filter
+    torch.manual_seed(0)
+    proto = torch.randn(4, 16, generator=_g(20))
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32))
+    obj = CoTAP(dim=32, prototypes=prototypes, filter_dim=16, temperature=0.05, target_temperature=0.1, skip_tokens=0)
+    opt = torch.optim.Adam([*net.parameters(), *obj.parameters()], lr=1e-2)
+    xe, ye = _class_structured(_g(21), b=16, proto=proto)
+    before = dispersion_ratio(net(xe).reshape(-1, 32).detach(), ye.reshape(-1))
+    g = _g(22)
+    for _ in range(120):
+        x, y = _class_structured(g, proto=proto)
+        loss = obj(net(x), torch.nn.functional.one_hot(y, 4).float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = dispersion_ratio(net(xe).reshape(-1, 32).detach(), ye.reshape(-1))
+    assert before > 0.6 and after < 0.5 * before
+
+
+def test_reproduction_arms_and_diagnosis_on_a_tiny_size(tmp_path, monkeypatch):
+    # the factored arm training (used by run and diagnose) and the diagnosis, on a tiny size
+    from distillery.reproduce import Context
+    from distillery.reproduce import cotap as rep
+    from distillery.reproduce.diagnosis import derive
+
+    tiny = {"teacher_epochs": 1, "teacher_canvases": 32, "epochs": 1, "n_train": 32, "diagnose_base": 16,
+            "probe_train": 8, "probe_test": 8}
+    monkeypatch.setattr(rep, "SETTINGS", lambda quick: tiny)
+    monkeypatch.setattr(rep, "SCALE", (1, 2))
+    monkeypatch.setattr(rep, "TEACHER_OFFSET", 64)
+    monkeypatch.setattr(rep, "N_TEST", 16)
+    ctx = Context(seeds=[0, 1], quick=True, out=tmp_path, log=lambda _: None)
+    d = rep.diagnose(ctx)
+    assert [p.size for p in d.points] == [16.0, 32.0]
+    for p in d.points:
+        assert len(p.arms["teacher"]) == 1 and all(len(p.arms[a]) == 2 for a in rep.ARMS)
+        assert all(0.0 <= v <= 1.0 for a in rep.ARMS for v in p.arms[a] + p.arms[f"{a}:dispersion"])
+    assert derive(d)["comparisons"][0]["a"] == "cotap"
+    # the untrained arm is the initialisation of its seed: the same at every size
+    assert d.points[0].arms["alone:dispersion"] == d.points[1].arms["alone:dispersion"]

@@ -14,8 +14,10 @@ patch-to-patch cosine similarities within an image and with the next image of th
 soft targets; the student's similarities, read through the prototype filter, are ranked against
 them by ``1 - CAP`` (:func:`~distillery.objectives.ranking.continuous_average_precision`, sigmoid
 relaxation). The paper trains it inside a self-distillation (EMA teacher) framework; the
-miniature uses a frozen teacher (a ViT pre-trained on single-digit canvases) and adds the term to
-plain dense feature distillation (cosine per patch: the "strict spatial alignment" baseline).
+miniature uses a frozen teacher (``distillery reproduce cotap``: a ViT trained with per-patch labels
+on two-digit canvases; ``configs/cotap_canvas.yaml``: a ViT pre-trained on single-digit canvases,
+whose patch tokens carry little dense information) and adds the term to plain dense feature
+distillation (cosine per patch: the "strict spatial alignment" baseline).
 ``distillery reproduce cotap`` measures a dense linear probe and the intra-class dispersion of
 patch features on two-digit canvases. :func:`cotap_config` states the terms as config
 fragments. Config: ``configs/cotap_canvas.yaml``.

@@ -93,10 +93,12 @@ TEACHER_OFFSET = 4000
 #: Scale study: multiples of the students' training canvases.
 SCALE = (1, 2, 4)
 ARMS = ("alone", "feature", "cotap")
+#: Test canvases (held-out digit images) of every split.
+N_TEST = 500
 
 
 def _canvases(n_train: int) -> dict[str, Any]:
-    return {"size": 16, "min_digits": 2, "max_digits": 2, "n_train": n_train, "n_test": 500}
+    return {"size": 16, "min_digits": 2, "max_digits": 2, "n_train": n_train, "n_test": N_TEST}
 
 
 def train_dense_teacher(ctx: Context, epochs: int, canvases: int, name: str = "teacher", seed: int = 0) -> dict[str, Any]:
