@@ -119,18 +119,24 @@ def foreground_relation_loss(student: Tensor, teacher: Tensor, boxes: Tensor, re
     return reduce(_per_sample_share(per_object, valid_boxes(boxes)), reduction)
 
 
-def foreground_response_loss(student: Tensor, teacher: Tensor, boxes: Tensor, min_overlap: float = 0.7, reduction: str = "mean") -> Tensor:
+def foreground_response_loss(student: Tensor, teacher: Tensor, boxes: Tensor, min_overlap: float = 0.7, reduction: str = "mean",
+                             teacher_temperature: float = 1.0) -> Tensor:
     """UniDistill response distillation on centre heatmaps, inside the objects' Gaussian masks.
 
-    ``student``, ``teacher``: heatmap logits ``[B, K, H, W]`` (K classes); ``p = max_k sigmoid``
-    of each. Loss ``sum_cells G * |p_s - p_t| / sum_cells G`` with ``G`` the Gaussian centre
-    mask of ``boxes`` (zero on the background).
+    ``student``, ``teacher``: heatmap logits ``[B, K, H, W]`` (K classes); ``p_s = max_k
+    sigmoid(s)``, ``p_t = max_k sigmoid(t / teacher_temperature)``. Loss
+    ``sum_cells G * |p_s - p_t| / sum_cells G`` with ``G`` the Gaussian centre mask of ``boxes``
+    (zero on the background). The authors' code softens the teacher's heatmap with
+    ``teacher_temperature = 2`` (``_sigmoid(resp["hm"] / 2)`` in ``ResponseDistillLoss``), the
+    student's is not softened; 1 (the default) compares the two heatmaps as they are.
     """
     check_reduction(reduction)
     _check_maps("fg_response_kd", student, teacher, boxes, same_channels=True)
     s, t = upcast(student, teacher)
     p_s = torch.sigmoid(s).amax(dim=1)
-    p_t = torch.sigmoid(t.detach()).amax(dim=1)
+    if not teacher_temperature > 0:
+        raise ConfigError(f"fg_response_kd: teacher_temperature must be > 0, got {teacher_temperature!r}.")
+    p_t = torch.sigmoid(t.detach() / teacher_temperature).amax(dim=1)
     mask = gaussian_center_mask(boxes, tuple(s.shape[-2:]), min_overlap).to(s.dtype)  # [B, H, W]
     per_sample = (mask * (p_s - p_t).abs()).sum(dim=(1, 2))
     total = mask.sum().clamp_min(1e-12)
@@ -241,14 +247,17 @@ class ForegroundResponseKD(Objective):
     inputs = {"student": "student.heatmap", "teacher": "teacher.heatmap", "boxes": "batch.boxes"}
     target_space = None
 
-    def __init__(self, min_overlap: float = 0.7, reduction: str = "mean") -> None:
+    def __init__(self, min_overlap: float = 0.7, teacher_temperature: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
         if not 0.0 < float(min_overlap) < 1.0:
             raise ConfigError(f"fg_response_kd: min_overlap must be in (0, 1), got {min_overlap!r}.")
+        if not float(teacher_temperature) > 0.0:
+            raise ConfigError(f"fg_response_kd: teacher_temperature must be > 0, got {teacher_temperature!r}.")
         self.min_overlap = float(min_overlap)
+        self.teacher_temperature = float(teacher_temperature)
 
     def forward(self, student: Tensor, teacher: Tensor, boxes: Tensor) -> Tensor:
-        return foreground_response_loss(student, teacher, boxes, self.min_overlap, self.reduction)
+        return foreground_response_loss(student, teacher, boxes, self.min_overlap, self.reduction, self.teacher_temperature)
 
 
 @OBJECTIVES.register("center_focal")

@@ -11,11 +11,19 @@ The teacher and the student each see their own modality (``teacher.view: x_clean
 ``x``) but predict on the same grid. On top of the detection loss the recipe adds, from the
 ground-truth boxes (``batch.boxes``):
 
-* ``fg_feature_kd`` (weight 10): BEV features at 9 keypoints per object, L1;
-* ``fg_relation_kd`` (weight 5): the 9x9 cosine-similarity matrix of each object's keypoints, L1;
-* ``fg_response_kd`` (weight 1): heatmap probabilities inside each object's Gaussian mask, L1;
+* ``fg_feature_kd`` (weight 10): the *low-level* BEV features (``low_features``: what the
+  modality's encoder hands to the shared BEV backbone) at 9 keypoints per object, L1;
+* ``fg_relation_kd`` (weight 5): the 9x9 cosine-similarity matrix of each object's keypoints on
+  the *high-level* BEV features (``features``: the BEV backbone's output), L1;
+* ``fg_response_kd`` (weight 1): heatmap probabilities inside each object's Gaussian mask, L1,
+  the teacher's heatmap softened with temperature 2 (``sigmoid(logit / 2)``), the student's not;
 
-the weights are those of the authors' training code. Keypoints, bilinear sampling and Gaussian
+as in the authors' training code (``FeatureDistillLoss`` on the encoder output ``model_output``,
+``BEVDistillLoss`` on the BEV backbone's output ``x[0]``, ``ResponseDistillLoss`` with
+``_sigmoid(hm / 2)`` for the teacher). The weights 10 / 5 / 1 are the authors' for one path
+(a LiDAR student, a camera teacher: ``BEVFusion_nuscenes_centerhead_lidar_exp_distill_camera``);
+their other paths use 100 / 40 / 10 (LiDAR to camera), 10 / 5 / 10 (fusion to camera) and
+10 / 1 / 10 (fusion to LiDAR), for BatchNorm-ed BEV features. Keypoints, bilinear sampling and Gaussian
 masks are in :mod:`distillery.objectives.foreground_grid`; the losses in :mod:`distillery.objectives.foreground`.
 The miniature (``distillery reproduce unidistill``) detects rectangles on a 16x16 grid: the
 teacher sees the clean occupancy, the student a sparse, cluttered, noisy view. Config:
@@ -40,8 +48,10 @@ RECIPE = register_recipe(
            "Sparse foreground feature/relation/response distillation at object keypoints on a BEV grid")
 )
 
-#: The authors' loss weights: 10 (feature), 5 (relation), 1 (response).
+#: The authors' loss weights of their camera-to-LiDAR path: 10 (feature), 5 (relation), 1 (response).
 WEIGHTS = {"feature": 10.0, "relation": 5.0, "response": 1.0}
+#: The authors' softening of the teacher's heatmap in the response loss (``sigmoid(logit / 2)``).
+TEACHER_TEMPERATURE = 2.0
 
 
 def detection_objectives(count_weight: float = 0.1, named: bool = False) -> list[dict[str, Any]]:
@@ -55,18 +65,24 @@ def detection_objectives(count_weight: float = 0.1, named: bool = False) -> list
 
 
 def unidistill_objectives(weights: dict[str, float] | None = None, features: str | None = None,
-                          heatmap: str | None = None) -> list[dict[str, Any]]:
+                          heatmap: str | None = None, low_features: str | None = "low_features",
+                          teacher_temperature: float = TEACHER_TEMPERATURE) -> list[dict[str, Any]]:
     """UniDistill's three terms as ``objectives`` (``feature``, ``relation``, ``response``; the
-    authors' :data:`WEIGHTS` unless ``weights``), on the signals ``features`` (``[B, C, H, W]``)
-    and ``heatmap`` (``[B, K, H, W]``); ``None``: the objectives' defaults (``features``,
-    ``heatmap``, on both sides)."""
+    authors' :data:`WEIGHTS` unless ``weights``): the feature term on ``low_features`` (the
+    encoder's BEV features, ``[B, C, H, W]``), the relation term on ``features`` (the BEV
+    backbone's output), the response term on ``heatmap`` (``[B, K, H, W]``) with the teacher's
+    heatmap softened by ``teacher_temperature``. ``None``: the objectives' defaults
+    (``features``, ``heatmap``, on both sides)."""
     w = {**WEIGHTS, **(weights or {})}
-    feat = {"inputs": {"student": f"student.{features}", "teacher": f"teacher.{features}"}} if features else {}
-    resp = {"inputs": {"student": f"student.{heatmap}", "teacher": f"teacher.{heatmap}"}} if heatmap else {}
+
+    def on(signal: str | None) -> dict[str, Any]:
+        return {"inputs": {"student": f"student.{signal}", "teacher": f"teacher.{signal}"}} if signal else {}
+
     return [
-        {"name": "feature", "kind": "fg_feature_kd", "weight": w["feature"], **feat},
-        {"name": "relation", "kind": "fg_relation_kd", "weight": w["relation"], **feat},
-        {"name": "response", "kind": "fg_response_kd", "weight": w["response"], **resp},
+        {"name": "feature", "kind": "fg_feature_kd", "weight": w["feature"], **on(low_features)},
+        {"name": "relation", "kind": "fg_relation_kd", "weight": w["relation"], **on(features)},
+        {"name": "response", "kind": "fg_response_kd", "weight": w["response"], **on(heatmap),
+         "params": {"teacher_temperature": float(teacher_temperature)}},
     ]
 
 
@@ -81,9 +97,11 @@ def detection_terms(count_weight: float = 0.1) -> list[Term]:
     return terms_from(detection_objectives(count_weight, named=True))
 
 
-def unidistill_terms(features: str = "features", heatmap: str = "heatmap", weights: dict[str, float] | None = None) -> list[Term]:
-    """UniDistill's three terms on the signals ``features`` (``[B, C, H, W]``) and ``heatmap`` (``[B, K, H, W]``)."""
-    return terms_from(unidistill_objectives(weights, features, heatmap))
+def unidistill_terms(features: str = "features", heatmap: str = "heatmap", weights: dict[str, float] | None = None,
+                     low_features: str = "low_features") -> list[Term]:
+    """UniDistill's three terms: feature on ``low_features``, relation on ``features`` (both
+    ``[B, C, H, W]``), response on ``heatmap`` (``[B, K, H, W]``)."""
+    return terms_from(unidistill_objectives(weights, features, heatmap, low_features))
 
 
 def unidistill_distiller(student: nn.Module, teacher: nn.Module, teacher_view: str = "x_clean") -> Distiller:

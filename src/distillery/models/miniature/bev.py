@@ -6,8 +6,11 @@ resolution (the common BEV grid teacher and student share), a heatmap head predi
 centres, and a small count head classifies the number of objects (so the engine's accuracy has
 a meaning). ``forward`` returns a dict:
 
-* ``features`` ``[B, width, H, W]``: the BEV feature map (what feature and relation
-  distillation compare);
+* ``features`` ``[B, width, H, W]``: the BEV feature map at the backbone's output (the
+  high-level BEV features, which UniDistill's relation distillation compares);
+* ``low_features`` ``[B, width, H, W]``: the output of the first half of the backbone's layers
+  (``depth // 2`` of them, at least 1), the miniature's analogue of the modality encoder's BEV features
+  that enter the shared BEV backbone (which UniDistill's feature distillation compares);
 * ``heatmap`` ``[B, 1, H, W]``: centre logits (response distillation, focal loss);
 * ``logits`` ``[B, num_classes]``: the count head.
 
@@ -40,6 +43,7 @@ class BEVDetector(nn.Module):
             layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU()]
             cin = width
         self.backbone = nn.Sequential(*layers)
+        self._low_at = 2 * max(depth // 2, 1)  # conv + ReLU per layer: the end of layer depth // 2
         self.heatmap_head = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 1, 1))
         nn.init.constant_(self.heatmap_head[-1].bias, -math.log((1 - 0.1) / 0.1))  # CenterNet's prior: p = 0.1
         self.count_head = nn.Linear(width, num_classes)
@@ -47,8 +51,12 @@ class BEVDetector(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.ndim != 4:
             raise ConfigError(f"bev_detector: expected BEV grids [B, C, H, W], got a tensor of shape {list(x.shape)}.")
-        f = self.backbone(x)
-        return {"logits": self.count_head(f.mean(dim=(2, 3))), "heatmap": self.heatmap_head(f), "features": f}
+        f, low = x, x
+        for i, layer in enumerate(self.backbone):
+            f = layer(f)
+            if i + 1 == self._low_at:
+                low = f
+        return {"logits": self.count_head(f.mean(dim=(2, 3))), "heatmap": self.heatmap_head(f), "features": f, "low_features": low}
 
 
 @MODELS.register("bev_detector")
