@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from distillery.data.miniature.procedural import intensity_bins, pixel_centers, procedural_image
+from distillery.data.miniature.procedural import (
+    intensity_bins,
+    pixel_centers,
+    procedural_image,
+)
 from distillery.engine.blocks import RoundRobinBlocks
 from distillery.errors import ConfigError, ShapeError
 from distillery.models.miniature.block_field import BlockLatentField, block_field
@@ -182,3 +186,82 @@ def test_render_with_the_teacher_decoder():
     t = EMATeacher(f.decoder, 0.5, None)
     pts = torch.rand(5, 2)
     torch.testing.assert_close(render(f, pts, t.model), t.model(f.features_at(pts)).reshape(-1).detach())
+
+
+# ------------------------------------------------------------------ mechanism (issue 15)
+def test_consistency_gradient_reaches_latents_through_both_decoders():
+    """The teacher's weights are frozen but the features enter both decoders undetached (the
+    authors' code): the latents' gradient of the consistency is that of the decoders'
+    disagreement, 2 (D_s - D_t)(J_s - J_t) / n, not a pull toward the teacher's value
+    (2 (D_s - D_t) J_s / n, what detaching the features in the teacher branch gave)."""
+    torch.manual_seed(5)
+    f = BlockLatentField((1, 2), grid=3, features=4, hidden=6).double()
+    teacher = EMATeacher(f.decoder, momentum=0.9, final_momentum=None)
+    with torch.no_grad():
+        for p in teacher.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    coords = torch.rand(9, 2, dtype=torch.float64) * torch.tensor([1.0, 0.5], dtype=torch.float64)  # block 0
+    target = torch.rand(9, 1, dtype=torch.float64)
+    momentum_gs_loss(f, teacher, coords, target)["consistency"].backward()
+    got = f.latents[0].grad.clone()
+    assert all(p.grad is None for p in teacher.model.parameters())
+    f.zero_grad(set_to_none=True)
+    feats = f.features_at(coords)
+    ((f.decoder(feats) - teacher.model(feats)) ** 2).mean().backward()
+    torch.testing.assert_close(got, f.latents[0].grad)
+    f.zero_grad(set_to_none=True)
+    feats = f.features_at(coords)
+    ((f.decoder(feats) - teacher.model(feats.detach())) ** 2).mean().backward()  # the old, detached form
+    assert (got - f.latents[0].grad).abs().max() > 1e-3 * got.abs().max()
+
+
+def test_momentum_teacher_holds_the_decoder_for_the_block_trained_before():
+    """Two blocks, one shared decoder: block 0 is fitted, then block 1 alone. Without a teacher,
+    fitting block 1 drags the decoder away from block 0 (its error grows many times); with the
+    EMA teacher (a copy of the decoder fitted to block 0, momentum 0.99, consistency weight 1)
+    the fitting of block 1 goes into block 1's own latents: block 0 keeps most of its fit, and
+    block 1 still fits nearly as well. (With the features detached in the teacher branch, the
+    old code, block 0's error stayed above half of the no-teacher one.)"""
+    splits = procedural_image(size=16, bins=4, seed=0)
+    x, y = splits.train.x, splits.train.target
+
+    class Only:  # a schedule that trains one block at every step
+        num_blocks = 2
+
+        def __init__(self, k):
+            self.k = k
+
+        def blocks_at(self, step):
+            return [self.k]
+
+    def errors(momentum, seed):
+        torch.manual_seed(seed)
+        f = BlockLatentField((1, 2), grid=4, features=8, hidden=32, depth=2)
+        train_blockwise(f, x, y, Only(0), steps=300, lr=5e-3)
+        # the teacher starts as a copy of the decoder fitted to block 0
+        train_blockwise(f, x, y, Only(1), steps=300, teacher_momentum=momentum, consistency_weight=1.0, lr=5e-3)
+        with torch.no_grad():
+            err = (f(x)["value"] - y) ** 2
+        left = x[:, 1] < 0.5
+        return float(err[left].mean()), float(err[~left].mean())
+
+    alone = [errors(None, s) for s in (0, 1)]
+    held = [errors(0.99, s) for s in (0, 1)]
+    assert sum(e[0] for e in held) < 0.3 * sum(e[0] for e in alone)
+    assert sum(e[1] for e in held) < 1.5 * sum(e[1] for e in alone)
+
+
+def test_reproduction_arms_on_a_tiny_size():
+    """The arm function shared by ``run`` and ``diagnose``, one round of one step per visit."""
+    from distillery.data import load_dataset
+    from distillery.reproduce import momentum_gs as rep
+
+    splits = load_dataset("procedural_image", size=32, seed=0)
+    figs = {name: rep.train_arm(name, splits, 0, rounds=1, steps_per_visit=1) for name in rep.ARMS}
+    for name, f in figs.items():
+        assert {"psnr", "train_psnr", "seam", "interior"} <= set(f) and all(math.isfinite(v) for v in f.values())
+        assert ("teacher_psnr" in f) == (name in ("momentum", "momentum_gs"))
+    assert figs["momentum"]["psnr"] != figs["independent"]["psnr"]
+    with pytest.raises(ValueError, match="unknown arm"):
+        rep.train_arm("nope", splits, 0, rounds=1)
+    assert rep.REPRODUCTION.diagnose is rep.diagnose and rep.REPRODUCTION.default_seeds == 5

@@ -18,7 +18,8 @@ Momentum-GS step for the pixels ``P_k`` of the blocks ``k`` of the current visit
                        + lambda mean_{p in P_k} (D_s(f(p)) - D_t(f(p)))^2 ]        (consistency)
 
 with ``f(p)`` the student's latent features, ``D_s`` the shared (online) decoder, ``D_t`` its
-EMA (:class:`~distillery.teachers.EMATeacher` over the decoder only; no gradient), and ``w_k``
+EMA (:class:`~distillery.teachers.EMATeacher` over the decoder only; its weights get no gradient,
+but the features ``f(p)`` enter both decoders undetached, as in the authors' code), and ``w_k``
 the block weights (:class:`~distillery.weighting.BlockAccuracyWeight`; 1 without weighting).
 After each optimizer step the teacher decoder moves toward the student's and each visited
 block's PSNR is recorded.
@@ -66,7 +67,9 @@ def momentum_gs_loss(field: BlockLatentField, teacher: EMATeacher | None, coords
     ``coords [n, 2]``, ``target [n, 1]``. Returns ``{"recon", "consistency", "loss"}`` with
     ``loss = recon + consistency_weight * consistency`` (``consistency`` is 0 without a
     teacher): mean squared errors of the student's decoded values against the target and
-    against the EMA teacher decoder applied to the same (student) features.
+    against the EMA teacher decoder applied to the same (student) features. The teacher's
+    weights are frozen; the features are not detached in its branch, so the gradient to the
+    latents is that of the decoders' disagreement, ``2 (D_s - D_t) (J_s - J_t)``.
     """
     if coords.ndim != 2 or target.shape != (coords.shape[0], 1):
         raise ShapeError(f"momentum_gs_loss: coords [n, 2] and target [n, 1] needed, got {list(coords.shape)} and {list(target.shape)}.")
@@ -76,8 +79,11 @@ def momentum_gs_loss(field: BlockLatentField, teacher: EMATeacher | None, coords
     if teacher is None:
         cons = value.new_zeros(())
     else:
-        with torch.no_grad():
-            t_value = teacher.signals(feats.detach(), {}, ["logits"])["logits"]
+        # the teacher's weights are frozen (EMA only), but the features are NOT detached: the
+        # consistency penalises the disagreement of the two decoders at the block's features,
+        # so the latents get 2 (D_s - D_t)(J_s - J_t), not a pull toward the lagging teacher's
+        # value (as the authors' code: the momentum MLPs take the same, undetached features)
+        t_value = teacher.model(feats)
         cons = F.mse_loss(value, t_value)
     return {"recon": recon, "consistency": cons, "loss": recon + consistency_weight * cons}
 
