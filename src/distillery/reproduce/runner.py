@@ -25,16 +25,24 @@ def get(name: str) -> Reproduction:
     return REPRODUCTIONS.get(name)
 
 
+def _context(rep: Reproduction, out: Path, quick: bool, seeds: int | None, log, *, verb: str, minimum: int) -> Context:
+    """The context of one reproduction's run or diagnosis: seeds ``0..n-1`` (``n``: ``seeds`` or
+    the reproduction's default, at least ``minimum``), the output folder made, a first log line."""
+    n = seeds if seeds is not None else rep.default_seeds
+    if n < minimum:
+        what = "--seeds" if minimum == 1 else f"--{verb} (a spread)"
+        raise ConfigError(f"{what} needs at least {minimum} seed{'s' if minimum > 1 else ''}, got {n}.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"{verb} {rep.name}: {rep.method} ({rep.paper}); {n} seed(s){', quick' if quick else ''}")
+    return Context(seeds=list(range(n)), quick=quick, out=out, log=log)
+
+
 def run_one(name: str, out: Path, *, quick: bool = False, seeds: int | None = None, log=print) -> dict[str, Any]:
     """Run reproduction ``name`` into ``out``; returns (and writes) the ``claims.json`` dict."""
     rep = get(name)
-    n = seeds if seeds is not None else rep.default_seeds
-    if n < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {n}.")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(seeds=list(range(n)), quick=quick, out=out, log=log)
-    log(f"reproduce {rep.name}: {rep.method} ({rep.paper}); {n} seed(s){', quick' if quick else ''}")
+    ctx = _context(rep, out, quick, seeds, log, verb="reproduce", minimum=1)
+    n, out = len(ctx.seeds), ctx.out
     t0 = time.perf_counter()
     with one_thread():
         claims = rep.run(ctx)
@@ -134,13 +142,8 @@ def diagnose_one(name: str, out: Path, *, quick: bool = False, seeds: int | None
     if rep.diagnose is None:
         with_one = [n for n in REPRODUCTIONS.names() if REPRODUCTIONS.get(n).diagnose is not None]
         raise ConfigError(f"Reproduction {name!r} has no diagnosis; these have one: {', '.join(with_one) or 'none'}.")
-    n = seeds if seeds is not None else rep.default_seeds
-    if n < 2:
-        raise ConfigError(f"--diagnose needs at least 2 seeds (a spread), got {n}.")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(seeds=list(range(n)), quick=quick, out=out, log=log)
-    log(f"diagnose {rep.name}: {rep.method} ({rep.paper}); {n} seed(s){', quick' if quick else ''}")
+    ctx = _context(rep, out, quick, seeds, log, verb="diagnose", minimum=2)
+    n, out = len(ctx.seeds), ctx.out
     t0 = time.perf_counter()
     with one_thread():
         diagnosis = rep.diagnose(ctx)
