@@ -8,7 +8,11 @@ import torch
 from distillery import Distiller, FrozenTeacher, Term
 from distillery.errors import ConfigError, ShapeError
 from distillery.models import mae_vit
-from distillery.objectives import FeatureNormalizedL1, MaskedReconstruction, feature_normalized_l1_loss
+from distillery.objectives import (
+    FeatureNormalizedL1,
+    MaskedReconstruction,
+    feature_normalized_l1_loss,
+)
 from distillery.recipes.dmae import dmae_distiller, with_encoder
 
 
@@ -113,3 +117,68 @@ def test_with_encoder_swaps_only_the_encoder_weights():
     torch.testing.assert_close(merged["decoder_pred.weight"], state["decoder_pred.weight"])
     with pytest.raises(ConfigError, match="do not match"):
         with_encoder(state, {"x": torch.zeros(1)})
+
+
+def _full_view(encoder, x: torch.Tensor, block: int) -> torch.Tensor:
+    """Tokens after ``encoder.blocks[block]`` with every patch visible (class token first), by hand."""
+    t = encoder.patch_tokens(x[:, None])
+    seq = torch.cat([(encoder.cls_token + encoder.pos_embed[:, :1]).expand(t.shape[0], -1, -1), t], 1)
+    for b in encoder.blocks[: block + 1]:
+        seq = b(seq)
+    return seq
+
+
+def test_distillation_pulls_the_student_to_the_teachers_truncated_features():
+    """Mechanism (issue 15): trained on masked inputs only, a student with the DMAE term ends with
+    tokens (through its projection head) close to the frozen teacher's block-1 tokens, and this
+    carries over to held-out inputs with every patch visible; the same student without the term
+    (weight 0: plain MAE) stays far from them."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(320, 40, generator=g)
+    torch.manual_seed(0)
+    teacher = mae_vit((40,), 10, patch_size=2, dim=24, depth=2, heads=2, hidden_in_training=False)
+    y = torch.zeros(64, dtype=torch.long)
+    distance = {}
+    for weight in (1.0, 0.0):
+        torch.manual_seed(1)
+        student = mae_vit((40,), 10, patch_size=2, dim=16, depth=1, heads=2, mask_ratio=0.75, hidden_in_training=False,
+                          share_mask=True)
+        d = dmae_distiller(student, teacher, "encoder.blocks.0", "encoder.blocks.1", weight=weight)
+        d.prepare({"x": x[:64], "y": y})
+        opt = torch.optim.AdamW(d.trainable_parameters(), 5e-3)
+        for _ in range(60):
+            i = torch.randint(0, 256, (64,), generator=g)
+            loss = d.step({"x": x[i], "y": y})["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            held_out = x[256:]
+            s = d.adapters["distill"](_full_view(student.encoder, held_out, 0))
+            distance[weight] = float(feature_normalized_l1_loss(s, _full_view(teacher.encoder, held_out, 1)))
+    assert distance[1.0] < 0.3 * distance[0.0], distance
+
+
+def test_the_reproduction_arms_follow_the_size(tmp_path):
+    """``distill_arm`` (shared by ``run`` and ``diagnose``): the size sets the epochs, the arm its
+    teacher (truncated after block 1, following the student's masks) or none."""
+    from distillery.reproduce import Context
+    from distillery.reproduce.dmae import distill_arm
+
+    seen = {}
+
+    class Recorder(Context):
+        def train(self, name, raw_config):
+            seen[name] = raw_config
+            return {}
+
+    ctx = Recorder(seeds=[0], quick=True, out=tmp_path)
+    s = {"unlabeled": 10, "teacher_epochs": 1, "epochs": 7, "ft_epochs": 1}
+    distill_arm(ctx, s, {"pretrained": "P", "finetuned": "F"}, "e7/finetuned_75", 3, 0.75, "finetuned")
+    distill_arm(ctx, s, {}, "mae_only_75", 3, 0.75, None)
+    with_teacher, plain = seen["e7/finetuned_75/seed3"], seen["mae_only_75/seed3"]
+    assert with_teacher["train"]["epochs"] == 7 and with_teacher["seed"] == 3
+    assert with_teacher["teacher"]["model"]["checkpoint"] == "F" and with_teacher["teacher"]["until"] == "encoder.blocks.1"
+    assert with_teacher["student"]["params"]["share_mask"] is True
+    assert [o["kind"] for o in with_teacher["objectives"]] == ["masked_reconstruction", "normalized_l1"]
+    assert "teacher" not in plain and plain["student"]["params"]["share_mask"] is False
