@@ -299,3 +299,12 @@ def test_detectable_difference_against_a_fixed_reference():
     assert detectable_difference(0.1, 0.1, (3, 1))["threshold"] is None  # two-sided rule: 1 seed is not enough
     ref = detectable_difference(0.1, 0.1, (3, 1), reference=True)
     assert ref["threshold"] == 0.1 and ref["at_80_percent"] == pytest.approx(0.1 + 0.8416 * 0.1)
+
+
+def test_not_worse_than_one_teacher_value_states_its_power():
+    """A student's mean against a teacher trained once: the spread is the student's."""
+    from distillery.reproduce import not_worse
+
+    c = not_worse("reaches the teacher", [0.80, 0.82, 0.84], [0.85], a_name="s", b_name="t", tolerance=0.01)
+    se = 0.02 / 3 ** 0.5
+    assert c.detectable["standard_error"] == pytest.approx(se) and c.detectable["seeds"] == [3, 1]

@@ -219,7 +219,7 @@ def not_worse(
     # the rule fails (detects "worse") when the observed deficit exceeds the tolerance: a true
     # deficit of tolerance + 0.84 se is caught 80% of the time
     return Claim(claim, rule, held, {a_name: sa, b_name: sb, "difference": diff, "tolerance": tolerance, "metric": metric},
-                 detectable=detectable_difference(tolerance, se, (sa["n"], sb["n"])))
+                 detectable=detectable_difference(tolerance, se, (sa["n"], sb["n"]), reference=sb["n"] == 1))
 
 
 def within(claim: str, value: float, reference: float, *, tolerance: float, what: str = "value") -> Claim:
